@@ -1,0 +1,19 @@
+"""flowmap: camera poses, intrinsics and dense depth from a video by gradient descent.
+
+Implements FlowMap (Smith, Charatan, Tewari, Sitzmann, 3DV 2025). The public API is
+:func:`reconstruct`, which returns a :class:`Reconstruction`.
+"""
+
+from flowmap.types import Correspondences, Frames, Reconstruction
+
+__all__ = ["Correspondences", "Frames", "Reconstruction", "reconstruct"]
+__version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # Imported lazily so that `import flowmap` stays cheap (torch is imported on use).
+    if name == "reconstruct":
+        from flowmap.api import reconstruct
+
+        return reconstruct
+    raise AttributeError(name)

@@ -1,0 +1,153 @@
+"""Typed values passed between pipeline stages.
+
+Frames -> Correspondences -> Reconstruction. Arrays at stage boundaries are NumPy;
+the model works in torch internally.
+
+Conventions used everywhere in flowmap:
+
+* Camera axes are OpenCV's: x right, y down, z forward.
+* ``c2w`` is a 4x4 camera-to-world matrix, ``w2c`` its inverse.
+* ``depth`` is z-depth (distance along the optical axis), not ray length.
+* Normalised image coordinates ``xy`` lie in [0, 1] x [0, 1]: (0, 0) is the top-left
+  corner of the top-left pixel, (1, 1) the bottom-right corner of the bottom-right
+  pixel, so the centre of pixel column ``i`` of an image ``W`` pixels wide is at
+  ``x = (i + 0.5) / W``.
+* Pixel coordinates follow OpenCV/COLMAP-txt: the centre of pixel column ``i`` is at
+  ``u = i``, so ``u = x * W - 0.5``. Intrinsics in pixels (``K``) use this convention;
+  normalised intrinsics divide the first row by ``W`` and the second by ``H`` after
+  adding 0.5 to the principal point.
+* ``flow`` is a displacement (dx, dy) in normalised coordinates from a pixel of the
+  source frame to its match in the target frame.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Frames:
+    """Decoded input frames.
+
+    Attributes:
+        images: (N, H, W, 3) uint8 RGB frames at the input resolution.
+        names: N output image names (``000000.jpg`` ...), the names used in
+            ``poses.txt`` and in the COLMAP model.
+        source: the video file or image folder the frames came from.
+        source_indices: N indices of the frames in the source (after stride).
+        fps: frames per second of a video source, None for an image folder.
+    """
+
+    images: np.ndarray
+    names: list[str]
+    source: Path
+    source_indices: list[int]
+    fps: float | None = None
+
+    @property
+    def n(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def height(self) -> int:
+        return int(self.images.shape[1])
+
+    @property
+    def width(self) -> int:
+        return int(self.images.shape[2])
+
+
+@dataclass(frozen=True)
+class Correspondences:
+    """Flow and tracks at the working resolution, all coordinates normalised [0, 1].
+
+    Attributes:
+        flow_fwd: (N-1, h, w, 2) float32 flow from frame i to frame i+1, sampled at
+            the pixel centres of frame i.
+        flow_bwd: (N-1, h, w, 2) float32 flow from frame i+1 to frame i, sampled at
+            the pixel centres of frame i+1.
+        mask_fwd: (N-1, h, w) float32 validity in [0, 1] of ``flow_fwd``.
+        mask_bwd: (N-1, h, w) float32 validity in [0, 1] of ``flow_bwd``.
+        tracks_xy: (M, N, 2) float32 normalised position of track m in every frame
+            (undefined where not visible).
+        tracks_visible: (M, N) bool, True where track m is visible and tracked in
+            that frame.
+        tracks_query: (M,) int64 frame index in which track m was seeded.
+    """
+
+    flow_fwd: np.ndarray
+    flow_bwd: np.ndarray
+    mask_fwd: np.ndarray
+    mask_bwd: np.ndarray
+    tracks_xy: np.ndarray
+    tracks_visible: np.ndarray
+    tracks_query: np.ndarray
+
+    @property
+    def n_frames(self) -> int:
+        return int(self.flow_fwd.shape[0] + 1)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return int(self.flow_fwd.shape[1]), int(self.flow_fwd.shape[2])
+
+
+@dataclass(frozen=True)
+class Reconstruction:
+    """The result of a flowmap run.
+
+    Attributes:
+        c2w: (N, 4, 4) float64 camera-to-world, OpenCV axes, frame 0 = identity,
+            arbitrary global scale (the same as ``depth``).
+        K: (3, 3) float64 intrinsics in pixels of the input frames (OpenCV pixel
+            centres), shared by all frames.
+        depth: (N, h, w) float32 z-depth at the working resolution.
+        weights: (N-1, h, w) float32 correspondence weights in [0, 1] of the pair
+            (i, i+1), on the pixels of frame i+1 (the ones Procrustes uses).
+        names: N image names.
+        image_size: (H, W) of the input frames.
+        images: (N, h, w, 3) uint8 frames at the working resolution (for colours).
+        losses: final loss terms by name.
+        history: per logged step: {"step", "loss", "flow", "tracks", "focal"} ...
+        timings: seconds per stage.
+        settings: the run configuration as plain data.
+        warnings: human-readable warnings about the input or the result.
+    """
+
+    c2w: np.ndarray
+    K: np.ndarray
+    depth: np.ndarray
+    weights: np.ndarray
+    names: list[str]
+    image_size: tuple[int, int]
+    images: np.ndarray
+    losses: dict[str, float] = field(default_factory=dict)
+    history: list[dict[str, float]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def n(self) -> int:
+        return int(self.c2w.shape[0])
+
+    @property
+    def working_size(self) -> tuple[int, int]:
+        return int(self.depth.shape[1]), int(self.depth.shape[2])
+
+    def K_at(self, height: int, width: int) -> np.ndarray:
+        """Intrinsics (3, 3) rescaled to an image of ``height`` x ``width`` pixels.
+
+        Uses the pixel-centre convention: u' = (u + 0.5) * s - 0.5.
+        """
+        H, W = self.image_size
+        sx, sy = width / W, height / H
+        K = self.K.copy()
+        K[0, 0] *= sx
+        K[1, 1] *= sy
+        K[0, 2] = (K[0, 2] + 0.5) * sx - 0.5
+        K[1, 2] = (K[1, 2] + 0.5) * sy - 0.5
+        return K

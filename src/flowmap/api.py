@@ -10,13 +10,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
-
+from flowmap import checks
 from flowmap.correspondences.cache import load_or_compute
-from flowmap.correspondences.flow import FlowConfig
+from flowmap.correspondences.flow import FlowConfig, flow_shape
 from flowmap.correspondences.tracks import TrackConfig
 from flowmap.errors import InputError
-from flowmap.frames import FrameConfig, load_frames, working_shape
+from flowmap.frames import FrameConfig, load_frames, resize_images, working_shape
 from flowmap.optimize import OptimConfig, optimize
 from flowmap.types import Frames, Reconstruction
 
@@ -35,6 +34,7 @@ class RunConfig:
         seed: random seed of the network initialisation and the sampling.
         cache_dir: where correspondences and checkpoints are cached (None: no cache).
         progress: show progress bars on stderr.
+        checks: thresholds of the degenerate-input warnings and the memory check.
     """
 
     frames: FrameConfig = field(default_factory=FrameConfig)
@@ -46,6 +46,7 @@ class RunConfig:
     seed: int = 0
     cache_dir: Path | None = None
     progress: bool = True
+    checks: checks.CheckConfig = field(default_factory=checks.CheckConfig)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -70,6 +71,36 @@ def resolve_device(name: str) -> str:
     return name
 
 
+def check_run_memory(frames: Frames, shape: tuple[int, int], config: RunConfig, device: str) -> None:
+    """Refuse a run whose predicted peak memory exceeds what is available (see :mod:`flowmap.checks`).
+
+    On CPU the correspondences and the optimisation are checked against the system
+    memory; on CUDA only the correspondences (the optimisation's GPU memory is not
+    modelled).
+
+    Raises:
+        InputError: the estimate (x ``config.checks.memory_margin``) exceeds the
+            available memory; the message suggests ``--max-frames`` / ``--pixel-budget``.
+    """
+    H, W = frames.height, frames.width
+    tracks = config.tracks
+
+    def estimate_for(n: int, budget: int) -> checks.MemoryEstimate:
+        s = working_shape(H, W, budget, config.frames.multiple)
+        m = checks.n_tracks(n, tracks.query_every, tracks.grid, tracks.enabled)
+        est = checks.estimate_memory(n, s, config.optim.window, m, flow_shape(s, (H, W), config.flow.scale))
+        return est if device == "cpu" else checks.MemoryEstimate(est.correspondences, est.correspondences_peak, 0.0)
+
+    checks.check_memory(
+        estimate_for(frames.n, config.frames.pixel_budget),
+        frames.n,
+        shape,
+        config.frames.pixel_budget,
+        estimate_for,
+        margin=config.checks.memory_margin,
+    )
+
+
 def reconstruct(source: str | Path | Frames, config: RunConfig | None = None) -> Reconstruction:
     """Camera poses, intrinsics and depth for a video, image folder or decoded frames.
 
@@ -82,12 +113,17 @@ def reconstruct(source: str | Path | Frames, config: RunConfig | None = None) ->
         K (3, 3) in pixels of the input frames, depth (N, h, w) at the working
         resolution, correspondence weights, losses, timings and warnings.
 
+    Warnings (``Reconstruction.warnings``, see :mod:`flowmap.checks`): a static
+    camera, pairs with almost no valid flow, dark or uniform frames, an estimated focal
+    length at the edge of the candidate range.
+
     Raises:
-        InputError: the source cannot be read or an option is invalid.
+        InputError: the source cannot be read, an option is invalid, or the run would
+            need more memory than is available.
+        DegenerateInputError: the frames are (nearly) identical.
     """
     config = config or RunConfig()
-    if config.focal is not None and not (np.isfinite(config.focal) and config.focal > 0):
-        raise InputError(f"--focal must be a positive number of pixels, got {config.focal}")
+    checks.check_focal(config.focal)
     device = resolve_device(config.device)
     timings: dict[str, float] = {}
 
@@ -95,12 +131,19 @@ def reconstruct(source: str | Path | Frames, config: RunConfig | None = None) ->
     frames = source if isinstance(source, Frames) else load_frames(Path(source), config.frames)
     timings["frames_s"] = time.perf_counter() - t0
     shape = working_shape(frames.height, frames.width, config.frames.pixel_budget, config.frames.multiple)
+    if config.checks.memory:
+        check_run_memory(frames, shape, config, device)
 
     t0 = time.perf_counter()
     corr = load_or_compute(
-        config.cache_dir, frames.images, shape, config.flow, config.tracks, progress=config.progress
+        config.cache_dir, frames.images, shape, config.flow, config.tracks, progress=config.progress, timings=timings
     )
     timings["correspondences_s"] = time.perf_counter() - t0
+    working = resize_images(frames.images, shape)
+    warnings = checks.motion_warnings(corr, frames.names, config.checks, working)  # raises for identical frames
+    warnings += checks.valid_flow_warnings(corr, frames.names, config.checks)
+    warnings += checks.texture_warnings(working, frames.names, config.checks)
+    del working
 
     t0 = time.perf_counter()
     rec = optimize(
@@ -114,6 +157,9 @@ def reconstruct(source: str | Path | Frames, config: RunConfig | None = None) ->
         progress=config.progress,
     )
     timings["optimization_s"] = time.perf_counter() - t0
+    if config.focal is None:
+        focal = float((rec.K[0, 0] + rec.K[1, 1]) / 2)
+        warnings += checks.focal_warnings(focal, (frames.height, frames.width), config.optim.focal, config.checks)
     timings.update(rec.timings)
     settings = config.to_dict()
     settings["device_resolved"] = device
@@ -130,5 +176,5 @@ def reconstruct(source: str | Path | Frames, config: RunConfig | None = None) ->
         history=rec.history,
         timings=timings,
         settings=settings,
-        warnings=rec.warnings,
+        warnings=warnings + list(rec.warnings),
     )

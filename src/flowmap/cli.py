@@ -75,6 +75,15 @@ def _run_config(
     return cfg
 
 
+def _check_out_apart(source: Path, out: Path) -> None:
+    """Refuse an output folder that is, or contains, the input (``--overwrite`` would delete it)."""
+    from flowmap.errors import InputError
+
+    src, dst = source.resolve(), out.resolve()
+    if src == dst or dst in src.parents:
+        raise InputError(f"output folder {out} holds the input {source}; choose an output folder elsewhere")
+
+
 def _print_metrics(metrics: dict, as_json: bool) -> None:
     if as_json:
         print(json.dumps(metrics, default=float))
@@ -107,25 +116,50 @@ def run(
     """Reconstruct cameras, intrinsics and depth; write them to OUT."""
     with _guard(debug):
         from flowmap.api import reconstruct
-        from flowmap.frames import load_frames
+        from flowmap.checks import check_focal
+        from flowmap.frames import check_config, load_frames
         from flowmap.outputs import OutputConfig, check_out_dir, write_outputs
 
+        # options and the output folder first: nothing is decoded for a run that cannot be written
+        check_focal(focal)
+        cfg = _run_config(max_frames, stride, pixel_budget, focal, steps, device, seed, None, quiet)
+        check_config(cfg.frames)
         check_out_dir(out, overwrite)
+        _check_out_apart(source, out)
         cache_dir = out.parent / f"{out.name}.cache"
         if cache_dir.exists() and not resume:
             shutil.rmtree(cache_dir)
-        cfg = _run_config(max_frames, stride, pixel_budget, focal, steps, device, seed, cache_dir, quiet)
+        cfg.cache_dir = cache_dir
         t0 = time.perf_counter()
-        frames = load_frames(source, cfg.frames)
-        rec = reconstruct(frames, cfg)
+        try:
+            frames = load_frames(source, cfg.frames)
+            rec = reconstruct(frames, cfg)
+        except FlowmapError:
+            if not resume:  # a user error leaves nothing behind; an interrupted run keeps its cache
+                shutil.rmtree(cache_dir, ignore_errors=True)
+            raise
         rec.timings["frames_s"] = time.perf_counter() - t0 - sum(
             v for k, v in rec.timings.items() if k in ("correspondences_s", "optimization_s")
         )
         rec.timings["time_s"] = time.perf_counter() - t0
         summary = {"source": str(source), "command": " ".join(sys.argv)}
-        write_outputs(rec, frames, out, OutputConfig(colmap_text=colmap_text), summary=summary, overwrite=overwrite)
+        try:
+            write_outputs(rec, frames, out, OutputConfig(colmap_text=colmap_text, gt_dir=gt), summary=summary, overwrite=overwrite)
+        except OSError as exc:  # disk full, permissions: write_outputs has left no partial OUT
+            if debug or exc.errno is None:
+                raise
+            from flowmap.errors import InputError
+
+            raise InputError(
+                f"cannot write the outputs to {out}: {exc.strerror}; free space or choose another folder and run "
+                "again (--resume reuses the cached work)"
+            ) from None
         shutil.rmtree(cache_dir, ignore_errors=True)
-        for warning in rec.warnings:
+        try:  # the run's warnings and the output stage's, as summary.json lists them
+            warnings = json.loads((out / "summary.json").read_text())["warnings"]
+        except (OSError, ValueError, KeyError):
+            warnings = rec.warnings
+        for warning in warnings:
             print(f"warning: {warning}", file=sys.stderr)
         f = rec.K[0, 0]
         print(f"{rec.n} frames posed, focal {f:.1f} px, {rec.timings['time_s']:.0f} s -> {out}", file=sys.stderr)
@@ -196,11 +230,11 @@ def bench(
     with _guard(debug):
         from flowmap.bench import run_bench
 
-        cfg = _run_config(None, 1, 43200, None, steps, "auto", 0, None, False)
+        cfg = _run_config(None, 1, 43200, None, steps, "auto", 0, None, quiet=True)
         mappers = ("incremental",) if no_global else ("incremental", "global")
         results = run_bench(seq_dirs, out, cfg, mappers=mappers, colmap=not no_colmap)
         print(results["table"])
-        print(f"written {out / 'bench.json'}", file=sys.stderr)
+        print(f"wrote {out / 'bench.json'} (all numbers) and flowmap's outputs under {out}/", file=sys.stderr)
 
 
 @app.command()

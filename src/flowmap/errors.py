@@ -13,3 +13,7 @@ class InputError(FlowmapError):
 
 class DegenerateInputError(FlowmapError):
     """The input decodes fine but cannot give a reconstruction (no parallax, no texture)."""
+
+
+class NumericalError(FlowmapError):
+    """The optimisation diverged or produced an invalid result."""

@@ -143,34 +143,70 @@ def invert_rigid(T: Tensor) -> Tensor:
     return out
 
 
+class PolarRotation(torch.autograd.Function):
+    """Closest rotation R = U diag(1, 1, det(U V^T)) V^T to a 3x3 matrix M = U S V^T.
+
+    Forward by SVD. Backward by the differential of the orthogonal polar factor
+    (Papadopoulo and Lourakis, "Estimating the Jacobian of the SVD", ECCV 2000,
+    section 3): with the sign fix folded into V' = V diag(1, 1, d) and signed singular
+    values s' = s * (1, 1, d), dR = U X V'^T with X_ij = (A_ij - A_ji) / (s'_i + s'_j)
+    and A = U^T dM V'. Only sums of singular values appear, so repeated singular
+    values (frequent for near-planar or near-degenerate point sets) give a finite
+    gradient, where ``torch.linalg.svd``'s backward returns NaN. Denominators are
+    clamped away from zero at ``1e-12`` relative to the largest singular value.
+
+    Input (B, 3, 3), output (B, 3, 3) rotations; use in double precision.
+    """
+
+    @staticmethod
+    def forward(ctx, M: Tensor) -> Tensor:  # type: ignore[override]
+        U, s, Vh = torch.linalg.svd(M)
+        d = torch.sign(torch.linalg.det(U @ Vh))
+        d = torch.where(d == 0, torch.ones_like(d), d)
+        signs = torch.stack([torch.ones_like(d), torch.ones_like(d), d], dim=-1)
+        V = Vh.transpose(-1, -2) * signs[..., None, :]
+        R = U @ V.transpose(-1, -2)
+        ctx.save_for_backward(U, s * signs, V)
+        return R
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+        U, s, V = ctx.saved_tensors
+        H = U.transpose(-1, -2) @ grad @ V
+        D = s[..., :, None] + s[..., None, :]
+        tiny = 1e-12 * s.abs().amax(dim=-1, keepdim=True)[..., None].clamp_min(1e-30)
+        D = torch.where(D.abs() < tiny, torch.where(D < 0, -tiny, tiny), D)
+        Y = (H - H.transpose(-1, -2)) / D
+        return U @ Y @ V.transpose(-1, -2)
+
+
 def procrustes(p: Tensor, q: Tensor, weights: Tensor, eps: float = 1e-8) -> Tensor:
     """Weighted orthogonal Procrustes (Kabsch/Umeyama without scale): q ≈ R p + t.
 
     Minimises sum_k w_k ||R p_k + t - q_k||^2 in closed form (FlowMap section 3.2;
     Umeyama 1991 eq. 40 without the scale): weighted centroids, 3x3 weighted
-    covariance, SVD, sign fix so that det R = +1, t = c_q - R c_p. Differentiable
-    through ``torch.linalg.svd``.
+    covariance, SVD, sign fix so that det R = +1, t = c_q - R c_p. The rotation's
+    gradient is :class:`PolarRotation`'s, which stays finite where the SVD's own
+    backward divides by zero (repeated singular values).
 
     Args:
         p: (B, P, 3) source points.
         q: (B, P, 3) target points.
-        weights: (B, P) non-negative weights.
+        weights: (B, P) non-negative weights; ``eps`` is added to each.
 
     Returns:
         (B, 4, 4) transforms T with T[:3, :3] = R, T[:3, 3] = t.
     """
-    w = weights / (weights.sum(dim=-1, keepdim=True) + eps)
+    # A tiny floor keeps the solve defined (uniform weights) when every weight is zero,
+    # e.g. a frame pair without any valid flow.
+    weights = weights + eps
+    w = weights / weights.sum(dim=-1, keepdim=True)
     cp = (w[..., None] * p).sum(dim=-2)
     cq = (w[..., None] * q).sum(dim=-2)
     pc = p - cp[..., None, :]
     qc = q - cq[..., None, :]
     cov = (w[..., None] * qc).transpose(-1, -2) @ pc  # (B, 3, 3) = sum w q p^T
-    # Double precision makes the SVD backward stable for nearly degenerate spectra.
-    U, _, Vh = torch.linalg.svd(cov.double())
-    d = torch.sign(torch.linalg.det(U @ Vh))
-    d = torch.where(d == 0, torch.ones_like(d), d)
-    S = torch.diag_embed(torch.stack([torch.ones_like(d), torch.ones_like(d), d], dim=-1))
-    R = (U @ S @ Vh).to(p.dtype)
+    R = PolarRotation.apply(cov.double()).to(p.dtype)
     t = cq - (R @ cp[..., None])[..., 0]
     T = torch.zeros(*p.shape[:-2], 4, 4, dtype=p.dtype, device=p.device)
     T[..., :3, :3] = R

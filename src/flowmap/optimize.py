@@ -44,6 +44,9 @@ class OptimConfig:
             (METHOD.md: 1000 evenly spaced; 8192 for the focal search).
         loss_points: random pixels per frame for the flow loss (0: all).
         log_every: steps between history entries.
+        checkpoint_every: steps between checkpoints (when a checkpoint folder is given).
+        max_bad_steps: a step whose loss or gradient is not finite is skipped and the
+            learning rate halved; after this many such steps the run stops with an error.
         depth, weights, focal, objective: component settings.
     """
 
@@ -53,9 +56,11 @@ class OptimConfig:
     warmup_fraction: float = 0.05
     final_lr_fraction: float = 0.1
     window: int = 10
-    procrustes_points: int = 2048
+    procrustes_points: int = 1024
     loss_points: int = 8192
     log_every: int = 10
+    checkpoint_every: int = 50
+    max_bad_steps: int = 20
     depth: DepthNetConfig = field(default_factory=DepthNetConfig)
     weights: WeightMLPConfig = field(default_factory=WeightMLPConfig)
     focal: FocalConfig = field(default_factory=FocalConfig)
@@ -225,6 +230,71 @@ def solve_all(
     }
 
 
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+def _fingerprint(cfg: OptimConfig, focal_px: float | None, seed: int, n: int, shape: tuple[int, int]) -> str:
+    """Identifies the run a checkpoint belongs to (a resume must match it)."""
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    blob = json.dumps([asdict(cfg), focal_px, seed, n, list(shape)], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def save_checkpoint(path, state: dict) -> None:
+    """Write ``state`` with torch.save to ``path`` atomically (temporary file + rename)."""
+    import os
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path, fingerprint: str) -> dict | None:
+    """The checkpoint at ``path`` if it exists and belongs to this run, else None.
+
+    Loaded with ``torch.load(weights_only=True)`` (tensors and plain data only).
+    """
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # a corrupt or foreign file: start again
+        return None
+    return state if state.get("fingerprint") == fingerprint else None
+
+
+def check_result(c2w: np.ndarray, depth: np.ndarray, focal: float) -> None:
+    """Refuse a result that is not finite or not a valid camera set.
+
+    Raises:
+        NumericalError: non-finite poses, depths or focal length, non-positive depths,
+            or rotations that are not orthonormal with determinant +1 (tolerance 1e-4).
+    """
+    from flowmap.errors import NumericalError
+
+    if not (np.isfinite(c2w).all() and np.isfinite(depth).all() and np.isfinite(focal)):
+        raise NumericalError("the optimisation produced non-finite poses or depths; try another --seed or fewer --steps")
+    if focal <= 0 or (depth <= 0).any():
+        raise NumericalError("the optimisation produced a non-positive focal length or depth; try another --seed")
+    R = c2w[:, :3, :3]
+    eye = np.eye(3)
+    if np.abs(R @ np.transpose(R, (0, 2, 1)) - eye).max() > 1e-4 or np.abs(np.linalg.det(R) - 1).max() > 1e-4:
+        raise NumericalError("the optimisation produced invalid rotations; try another --seed")
+
+
+def _grads_finite(model: torch.nn.Module) -> bool:
+    return all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
+
+
 def optimize(
     frames: Frames,
     corr: Correspondences,
@@ -234,6 +304,7 @@ def optimize(
     seed: int = 0,
     checkpoint_dir=None,
     progress: bool = True,
+    fault_step: int | None = None,
 ) -> Reconstruction:
     """Fit the FlowMap model to one video and solve all cameras and depths.
 
@@ -245,18 +316,28 @@ def optimize(
             estimate it (softmin over candidates, then learned).
         device: torch device string.
         seed: seed of the network initialisation and sampling.
-        checkpoint_dir: reserved for checkpoints (see ``--resume``).
+        checkpoint_dir: folder for ``checkpoint.pt``, written every
+            ``cfg.checkpoint_every`` steps; when it holds a checkpoint of the same run
+            (same settings, seed and input size), the run continues from it and ends
+            with the same result as an uninterrupted one.
         progress: show a tqdm bar with the loss and focal length.
+        fault_step: testing aid: the loss of this step is replaced by NaN.
 
     Returns:
-        :class:`Reconstruction` (names, timings and settings filled by the caller).
+        :class:`Reconstruction` (names, timings and settings filled by the caller);
+        ``warnings`` lists skipped non-finite steps.
+
+    Raises:
+        NumericalError: more than ``cfg.max_bad_steps`` non-finite steps, or an
+            invalid final result (see :func:`check_result`).
     """
+    from flowmap.errors import NumericalError
+    from flowmap.frames import resize_images
+
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     h, w = corr.shape
     image_size = (frames.height, frames.width)
-    from flowmap.frames import resize_images
-
     images_work = resize_images(frames.images, (h, w))
     data = _to_torch(images_work, corr, device)
     N = data.images.shape[0]
@@ -270,16 +351,57 @@ def optimize(
     known = None if focal_px is None else torch.tensor(float(focal_px), device=device)
     focal_history: list[float] = []
     history: list[dict[str, float]] = []
+    warnings: list[str] = []
+    lr_scale, bad_steps, first_step = 1.0, 0, 0
+
+    fingerprint = _fingerprint(cfg, focal_px, seed, N, (h, w))
+    ckpt_path = None if checkpoint_dir is None else __import__("pathlib").Path(checkpoint_dir) / CHECKPOINT_NAME
+    state = None if ckpt_path is None else load_checkpoint(ckpt_path, fingerprint)
+    if state is not None:
+        if state["learned_focal"] is not None:
+            model.focal = LearnedFocal(1.0).to(device)
+            opt.add_param_group({"params": model.focal.parameters(), "lr": cfg.focal_lr})
+            base_lrs.append(cfg.focal_lr)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        focal_history = list(state["focal_history"])
+        history = list(state["history"])
+        lr_scale, bad_steps, first_step = state["lr_scale"], state["bad_steps"], state["step"]
+
+    def checkpoint(next_step: int) -> None:
+        save_checkpoint(
+            ckpt_path,
+            {
+                "fingerprint": fingerprint,
+                "step": next_step,
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "generator": generator.get_state(),
+                "focal_history": focal_history,
+                "history": history,
+                "lr_scale": lr_scale,
+                "bad_steps": bad_steps,
+                "learned_focal": None if model.focal is None else float(model.focal().detach()),
+            },
+        )
 
     t0 = time.perf_counter()
-    bar = tqdm(range(cfg.steps), desc="optimising", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(
+        range(first_step, cfg.steps),
+        initial=first_step,
+        total=cfg.steps,
+        desc="optimising",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
     for step in bar:
         if known is None and step == switch_step and model.focal is None:
             init = float(np.mean(focal_history[-cfg.focal.average_last :]))
             model.focal = LearnedFocal(init).to(device)
             opt.add_param_group({"params": model.focal.parameters(), "lr": cfg.focal_lr})
             base_lrs.append(cfg.focal_lr)
-        factor = lr_factor(step, cfg)
+        factor = lr_factor(step, cfg) * lr_scale
         for group, base in zip(opt.param_groups, base_lrs):
             group["lr"] = base * factor
         start = int(torch.randint(0, N - window + 1, (1,), generator=generator))
@@ -287,16 +409,33 @@ def optimize(
         out = _step_losses(
             model, data, start, start + window, focal, image_size, (h, w), cfg, step >= track_start, generator
         )
+        loss = out["loss"] * float("nan") if step == fault_step else out["loss"]
         opt.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        opt.step()
+        finite = bool(torch.isfinite(loss))
+        if finite:
+            loss.backward()
+            finite = _grads_finite(model)
+        if not finite:
+            # Skip the update, halve the learning rate (issue 4: never corrupt the run).
+            opt.zero_grad(set_to_none=True)
+            bad_steps += 1
+            lr_scale *= 0.5
+            warnings.append(f"step {step}: non-finite loss or gradient, step skipped and learning rate halved")
+            if bad_steps > cfg.max_bad_steps:
+                raise NumericalError(
+                    f"the optimisation diverged ({bad_steps} non-finite steps); try another --seed or check the input"
+                )
+        else:
+            opt.step()
         f = float(out["focal"].detach())
-        if known is None and model.focal is None:
+        if known is None and model.focal is None and np.isfinite(f):
             focal_history.append(f)
         if step % cfg.log_every == 0 or step == cfg.steps - 1:
-            entry = {"step": step, "focal": f, **{k: out[k].item() for k in ("loss", "flow", "tracks") if k in out}}
+            entry = {"step": step, "focal": f, **{k: float(out[k].detach()) for k in ("loss", "flow", "tracks") if k in out}}
             history.append(entry)
             bar.set_postfix(loss=f"{entry['loss']:.4f}", focal=f"{f:.1f}")
+        if ckpt_path is not None and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+            checkpoint(step + 1)
     opt_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -309,6 +448,7 @@ def optimize(
     solved = solve_all(model, data, final_focal, image_size, cfg)
     solve_s = time.perf_counter() - t0
     K = K_pixels(intrinsics_from_focal(final_focal.cpu().double(), *image_size), *image_size)
+    check_result(solved["c2w"], solved["depth"], float(K[0, 0]))
     return Reconstruction(
         c2w=solved["c2w"],
         K=K,
@@ -320,4 +460,5 @@ def optimize(
         losses={"flow": solved["flow"], "tracks": solved["tracks"]},
         history=history,
         timings={"optimize_loop_s": opt_s, "final_solve_s": solve_s},
+        warnings=warnings,
     )

@@ -1,0 +1,443 @@
+"""Input stage: a video file or an image folder -> :class:`~flowmap.types.Frames`.
+
+Videos are decoded with PyAV (FFmpeg), honouring the display-matrix rotation that phones
+write; image folders are read with Pillow in natural sort order (``img2`` before
+``img10``), honouring EXIF orientation. Every frame becomes uint8 RGB: grayscale,
+palette, RGBA (alpha dropped), CMYK, float and 16-bit images are converted rather than
+rejected. Anything that cannot be used (missing, empty, truncated, not an image or
+video, frames of different sizes, too few frames, too large for the memory) raises
+:class:`~flowmap.errors.InputError` with one actionable line, never a decoder's traceback.
+
+Also here: the working resolution of the optimisation (:func:`working_shape`) and the
+resizing of frames to it (:func:`resize_images`).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from flowmap.errors import InputError
+from flowmap.types import Frames
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+"""File suffixes (lower case) read as images in a folder; other files are ignored."""
+
+VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp", ".ts", ".mts"})
+"""Common video suffixes; any other non-image file is still tried with FFmpeg."""
+
+MIN_FRAMES = 3
+"""Fewest frames a reconstruction can use (two flow pairs)."""
+
+
+@dataclass
+class FrameConfig:
+    """Which frames to use and the working resolution of the optimisation.
+
+    Attributes:
+        max_frames: keep at most this many frames (after ``stride``); None keeps all.
+        stride: keep every ``stride``-th frame of the source (1 keeps all).
+        pixel_budget: target number of pixels h * w of the working resolution
+            (43200 = 180 x 240, the resolution of the FlowMap reference, METHOD.md 3.1).
+        multiple: the working height and width are multiples of this (16 suits the
+            depth CNN's downsampling).
+    """
+
+    max_frames: int | None = None
+    stride: int = 1
+    pixel_budget: int = 43200
+    multiple: int = 16
+
+
+def natural_key(name: str) -> list:
+    """Sort key that orders digit runs by value: ``img2`` < ``img10``, case-insensitive."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
+
+
+def working_shape(height: int, width: int, pixel_budget: int, multiple: int) -> tuple[int, int]:
+    """Working resolution (h, w) for frames of ``height`` x ``width`` pixels.
+
+    Keeps the aspect ratio as closely as the ``multiple`` allows, with h * w close to
+    ``pixel_budget``; both sides are multiples of ``multiple`` and never larger than
+    the input (frames are shrunk, never enlarged).
+
+    Example: a 640 x 360 (h x w) phone frame at budget 43200 -> (272, 160).
+
+    Raises:
+        InputError: a non-positive budget or multiple, or frames smaller than
+            ``multiple`` pixels on a side.
+    """
+    if pixel_budget <= 0 or multiple <= 0:
+        raise InputError(f"pixel budget and multiple must be positive, got {pixel_budget} and {multiple}")
+    if height < multiple or width < multiple:
+        raise InputError(
+            f"frames of {width}x{height} pixels are too small; each side needs at least {multiple} pixels"
+        )
+    scale = min(1.0, math.sqrt(pixel_budget / (height * width)))
+    h = max(1, round(height * scale / multiple)) * multiple
+    w = max(1, round(width * scale / multiple)) * multiple
+    h = min(h, (height // multiple) * multiple)
+    w = min(w, (width // multiple) * multiple)
+    return int(h), int(w)
+
+
+def resize_images(images: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Resize a stack of images to ``shape`` = (h, w).
+
+    Args:
+        images: (N, H, W, C) or (N, H, W) array (any dtype OpenCV resizes).
+        shape: target (h, w) in pixels.
+
+    Returns:
+        (N, h, w, C) or (N, h, w) array of the same dtype. Uses ``cv2.INTER_AREA`` when
+        shrinking (pixel-area averaging, no aliasing) and ``cv2.INTER_LINEAR`` otherwise;
+        OpenCV's pixel-centre convention (u = x * W - 0.5) is preserved.
+    """
+    h, w = int(shape[0]), int(shape[1])
+    if images.shape[1:3] == (h, w):
+        return images.copy()
+    shrink = h <= images.shape[1] and w <= images.shape[2]
+    interp = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+    out = [cv2.resize(img, (w, h), interpolation=interp) for img in images]
+    return np.stack(out).reshape((len(images), h, w) + images.shape[3:])
+
+
+def to_rgb8(array: np.ndarray) -> np.ndarray:
+    """Convert a decoded image to (H, W, 3) uint8 RGB.
+
+    Accepts (H, W) grayscale, (H, W, 1|2|3|4) gray/gray+alpha/RGB/RGBA arrays of
+    uint8, uint16 (scaled by 255/65535), other integers (assumed 16-bit when the values
+    fit, else scaled by their maximum), bool, or floats (assumed in [0, 1] when the
+    maximum is <= 1, else in [0, 255]). Alpha is dropped, not composited.
+    """
+    a = np.asarray(array)
+    if a.ndim == 2:
+        a = a[:, :, None]
+    if a.ndim != 3 or a.shape[2] not in (1, 2, 3, 4):
+        raise ValueError(f"cannot interpret an image array of shape {array.shape}")
+    a = a[:, :, :1] if a.shape[2] == 2 else a[:, :, :3]
+    if a.dtype == np.uint8:
+        out = a
+    elif a.dtype == np.bool_:
+        out = a.astype(np.uint8) * 255
+    elif np.issubdtype(a.dtype, np.integer):
+        top = 65535.0 if a.dtype == np.uint16 or (a.size and 0 <= a.min() and a.max() <= 65535) else float(max(a.max(), 1))
+        out = np.clip(np.rint(a.astype(np.float64) * (255.0 / top)), 0, 255).astype(np.uint8)
+    else:
+        f = np.nan_to_num(a.astype(np.float64))
+        top = 1.0 if f.size == 0 or f.max() <= 1.0 else 255.0
+        out = np.clip(np.rint(f * (255.0 / top)), 0, 255).astype(np.uint8)
+    if out.shape[2] == 1:
+        out = np.repeat(out, 3, axis=2)
+    return np.ascontiguousarray(out)
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Read one image file as (H, W, 3) uint8 RGB, applying its EXIF orientation.
+
+    Grayscale, palette, RGBA/LA (alpha dropped), CMYK, 16-bit and float images are
+    converted by :func:`to_rgb8`.
+
+    Raises:
+        InputError: the file cannot be decoded (not an image, corrupt or truncated).
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()  # Pillow raises on truncated files here
+            im = ImageOps.exif_transpose(im)
+            if im.mode in ("P", "PA"):
+                im = im.convert("RGBA")
+            elif im.mode in ("CMYK", "YCbCr", "LAB", "HSV", "RGBX", "RGBa", "La"):
+                im = im.convert("RGB")
+            array = np.asarray(im)
+    except UnidentifiedImageError:
+        raise InputError(f"cannot read image {path}: not an image file Pillow can decode; replace or remove it") from None
+    except OSError as exc:
+        if exc.errno is not None:  # the file system's error (permission, I/O), not the decoder's
+            raise InputError(f"cannot read image {path}: {exc.strerror}") from None
+        reason = str(exc) or type(exc).__name__
+        hint = "" if "truncat" in reason.lower() or "corrupt" in reason.lower() else " (corrupt?)"
+        raise InputError(f"cannot read image {path}: {reason}{hint}; replace or remove it") from None
+    except Exception as exc:  # noqa: BLE001 - Pillow's plugins raise many types on corrupt bytes
+        reason = str(exc) or type(exc).__name__
+        raise InputError(f"cannot read image {path}: {reason} (corrupt or truncated?); replace or remove it") from None
+    try:
+        return to_rgb8(array)
+    except ValueError as exc:
+        raise InputError(f"cannot read image {path}: {exc}; convert it to an 8-bit RGB image") from None
+
+
+def image_size(path: Path) -> tuple[int, int] | None:
+    """(height, width) of an image file after its EXIF orientation, from its header only; None if unknown."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            orientation = im.getexif().get(0x0112, 1)
+    except Exception:  # noqa: BLE001 - read_image reports unreadable files properly
+        return None
+    return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
+
+
+def rotate_display(image: np.ndarray, rotation: float) -> np.ndarray:
+    """Apply a display rotation to a decoded video frame.
+
+    Args:
+        image: (H, W, 3) frame as stored in the stream.
+        rotation: counter-clockwise angle in degrees, as in FFmpeg's
+            ``av_display_rotation_get`` of the display matrix and PyAV's
+            ``VideoFrame.rotation`` (a phone held upright typically stores -90).
+            Rounded to the nearest multiple of 90.
+
+    Returns:
+        The frame as it should be displayed (H and W swap for +-90 degrees).
+    """
+    k = int(round(rotation / 90.0)) % 4
+    return np.ascontiguousarray(np.rot90(image, k=k)) if k else image
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files of ``folder`` (not recursive) in natural sort order.
+
+    Hidden files (``.DS_Store``, macOS ``._name.jpg`` resource forks) and files whose
+    suffix is not in :data:`IMAGE_SUFFIXES` are ignored.
+    """
+    files = [
+        p
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
+    ]
+    return sorted(files, key=lambda p: natural_key(p.name))
+
+
+def select_indices(n: int, cfg: FrameConfig) -> list[int]:
+    """Indices of the frames kept out of ``n``: every ``stride``-th, then the first ``max_frames``."""
+    kept = list(range(0, n, cfg.stride))
+    return kept if cfg.max_frames is None else kept[: cfg.max_frames]
+
+
+def check_config(cfg: FrameConfig) -> None:
+    """Raise :class:`InputError` for a stride, max_frames or pixel budget that cannot work."""
+    if cfg.stride < 1:
+        raise InputError(f"--stride must be 1 or more, got {cfg.stride}")
+    if cfg.max_frames is not None and cfg.max_frames < MIN_FRAMES:
+        raise InputError(f"--max-frames must be at least {MIN_FRAMES}, got {cfg.max_frames}")
+    if cfg.pixel_budget < 16 * 16:
+        raise InputError(f"--pixel-budget must be at least 256 pixels (16 x 16), got {cfg.pixel_budget}")
+
+
+def _check_same_size(sizes: list[tuple[int, int]], names: list[str], what: str = "frames") -> None:
+    """Raise InputError naming the frames whose (height, width) differs from the most common one."""
+    sizes = [tuple(size) for size in sizes]
+    common = max(set(sizes), key=sizes.count)
+    odd = [(name, size) for name, size in zip(names, sizes) if size != common]
+    if not odd:
+        return
+    listed = ", ".join(f"{name} ({w}x{h})" for name, (h, w) in odd[:5])
+    more = f" and {len(odd) - 5} more" if len(odd) > 5 else ""
+    raise InputError(
+        f"{what} differ in size: {len(odd)} of {len(sizes)} are not {common[1]}x{common[0]} pixels: {listed}{more}; "
+        "all frames must have the same size (resize or remove the odd ones)"
+    )
+
+
+def _check_count(n: int, source: Path, cfg: FrameConfig) -> None:
+    if n < MIN_FRAMES:
+        hint = f" with --stride {cfg.stride} (lower it)" if cfg.stride > 1 else ""
+        raise InputError(f"{source} gives {n} usable frame(s){hint}; flowmap needs at least {MIN_FRAMES}")
+
+
+def _no_images_hint(folder: Path) -> str:
+    """Why a folder without images may have been given, as the end of an error message."""
+    entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
+    videos = sorted((p for p in entries if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES), key=lambda p: natural_key(p.name))
+    if videos:
+        return f"; it holds a video: give its path instead, e.g. {videos[0]}"
+    subdirs = sorted((p for p in entries if p.is_dir() and list_images(p)), key=lambda p: natural_key(p.name))
+    if subdirs:
+        return f"; did you mean {subdirs[0]}?"
+    return "; give a folder of frames or a video file"
+
+
+def load_image_folder(folder: Path, cfg: FrameConfig) -> Frames:
+    """Frames from a folder of images, keeping the original file names.
+
+    Image sizes are read from the file headers first, so frames of different sizes and
+    a folder too large for the memory are refused before anything is decoded.
+
+    Raises:
+        InputError: no images in the folder, fewer than 3 frames after selection, an
+            unreadable image, images of different sizes, or decoded frames that would
+            not fit in the available memory.
+    """
+    from flowmap.checks import check_frames_memory
+
+    files = list_images(folder)
+    if not files:
+        raise InputError(f"{folder} contains no images ({', '.join(sorted(IMAGE_SUFFIXES))}){_no_images_hint(folder)}")
+    indices = select_indices(len(files), cfg)
+    _check_count(len(indices), folder, cfg)
+    chosen = [files[i] for i in indices]
+    names = [p.name for p in chosen]
+    sizes = [image_size(p) for p in chosen]
+    known = [(name, size) for name, size in zip(names, sizes) if size is not None]
+    if known:
+        _check_same_size([size for _, size in known], [name for name, _ in known])
+        check_frames_memory(len(chosen), *known[0][1])
+    images = [read_image(p) for p in chosen]
+    _check_same_size([img.shape[:2] for img in images], names)
+    return Frames(images=np.stack(images), names=names, source=folder, source_indices=indices, fps=None)
+
+
+def _frame_rotation(frame, stream) -> float:
+    """Display rotation (degrees counter-clockwise) of a decoded frame.
+
+    PyAV >= 14 exposes the display matrix as ``VideoFrame.rotation``; older versions
+    only show FFmpeg's legacy ``rotate`` tag (clockwise degrees) in the stream metadata.
+    """
+    rotation = getattr(frame, "rotation", None)
+    if rotation is not None:
+        return float(rotation)
+    try:
+        return -float(stream.metadata.get("rotate", 0))
+    except ValueError:
+        return 0.0
+
+
+def _declared_frames(stream) -> int:
+    """Frame count the container declares for ``stream`` (0 when unknown)."""
+    try:
+        return max(0, int(stream.frames or 0))
+    except (TypeError, ValueError):
+        return 0
+
+
+def _expected_frames(stream, container) -> int:
+    """Frames the stream should hold: the declared count, else duration x rate (0 when unknown)."""
+    declared = _declared_frames(stream)
+    if declared:
+        return declared
+    try:
+        if stream.duration is not None and stream.time_base is not None:
+            seconds = float(stream.duration * stream.time_base)
+        else:
+            seconds = float(container.duration or 0) / 1e6  # AV_TIME_BASE
+        return max(0, int(seconds * float(stream.average_rate or 0)))
+    except (TypeError, ValueError, ZeroDivisionError, OverflowError):
+        return 0
+
+
+def load_video(path: Path, cfg: FrameConfig) -> Frames:
+    """Frames from a video file decoded with PyAV, rotated for display.
+
+    Names are ``000000.jpg``, ``000001.jpg`` ... in the order of the kept frames. A
+    stream that ends more than 2 % (and 2 frames) before the frame count in the
+    container's header is treated as truncated: FFmpeg's threaded decoder otherwise
+    stops silently at the end of the data.
+
+    Raises:
+        InputError: not a video FFmpeg can decode, no video stream, a corrupt or
+            truncated stream, fewer than 3 frames, frames that change size, or decoded
+            frames that would not fit in the available memory.
+    """
+    import av
+
+    from flowmap.checks import check_frames_memory
+
+    images: list[np.ndarray] = []
+    indices: list[int] = []
+    fps = None
+    decoded = declared = 0
+    complete = True
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise InputError(f"{path} has no video stream; give a video file or a folder of images")
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            fps = float(stream.average_rate) if stream.average_rate else None
+            declared = _declared_frames(stream)
+            expected = _expected_frames(stream, container)
+            if expected:
+                n_kept = -(-expected // cfg.stride)
+                n_kept = n_kept if cfg.max_frames is None else min(n_kept, cfg.max_frames)
+                check_frames_memory(n_kept, stream.codec_context.height, stream.codec_context.width)
+            for i, frame in enumerate(container.decode(stream)):
+                decoded = i + 1
+                if i % cfg.stride:
+                    continue
+                images.append(rotate_display(frame.to_ndarray(format="rgb24"), _frame_rotation(frame, stream)))
+                indices.append(i)
+                if cfg.max_frames is not None and len(images) >= cfg.max_frames:
+                    complete = False
+                    break
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - FFmpeg on arbitrary bytes raises many types
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        if images and declared and decoded >= declared - max(2, declared // 50):
+            pass  # an error in the last packets: every declared frame was decoded
+        elif not images:
+            raise InputError(
+                f"cannot decode {path} as a video ({reason}); give a complete video file (mp4, mov, ...) "
+                "or a folder of images"
+            ) from None
+        else:
+            raise InputError(
+                f"{path} is corrupt or truncated: decoding failed after {decoded} frames ({reason}); "
+                "re-export or re-download it"
+            ) from None
+    if complete and declared and decoded < declared - max(2, declared // 50):
+        raise InputError(
+            f"{path} is truncated: it declares {declared} frames but only {decoded} could be decoded; "
+            "re-export or re-download it"
+        )
+    _check_count(len(images), path, cfg)
+    names = [f"{k:06d}.jpg" for k in range(len(images))]
+    _check_same_size([img.shape[:2] for img in images], [f"frame {i}" for i in indices], what="the video's frames")
+    return Frames(images=np.stack(images), names=names, source=path, source_indices=indices, fps=fps)
+
+
+def load_frames(path: Path, cfg: FrameConfig) -> Frames:
+    """Decode a video file or an image folder into :class:`Frames`.
+
+    Selection: every ``cfg.stride``-th frame, then the first ``cfg.max_frames``.
+
+    Args:
+        path: a video file (mp4, mov, avi, mkv, webm, ... anything FFmpeg decodes) or a
+            folder of images (jpg, jpeg, png, bmp, tif, tiff, webp; other files ignored).
+        cfg: frame selection.
+
+    Returns:
+        Frames with ``images`` (N, H, W, 3) uint8 RGB at the input resolution (videos
+        rotated for display), ``names`` (video: ``000000.jpg`` ...; folder: the file
+        names), the source indices of the kept frames and the video frame rate.
+
+    Raises:
+        InputError: missing path; no images in the folder; fewer than 3 usable frames;
+            an unreadable or truncated image or video; a file that is neither image nor
+            video; frames of different sizes (naming them); decoded frames that would
+            take more than half the available memory (checked before decoding); a
+            stride, max_frames or pixel budget that cannot work. The message is one
+            actionable line.
+    """
+    path = Path(path)
+    check_config(cfg)
+    if not path.exists():
+        raise InputError(f"{path} does not exist; give a video file or a folder of images")
+    if path.is_dir():
+        try:
+            return load_image_folder(path, cfg)
+        except PermissionError as exc:
+            raise InputError(f"cannot read {exc.filename or path}: permission denied") from None
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        raise InputError(f"{path} is a single image; give a folder of at least {MIN_FRAMES} images or a video")
+    return load_video(path, cfg)

@@ -1,0 +1,306 @@
+"""Output stage: everything a run writes into its output folder ``OUT``.
+
+::
+
+    OUT/poses.txt             name tx ty tz qx qy qz qw, c2w, OpenCV axes (shared/data layout)
+    OUT/intrinsics.json       width height fx fy cx cy source, pixels of the input frames
+    OUT/depth/<stem>.npy      float32 z-depth (h, w) at the working resolution
+    OUT/points.ply            coloured point cloud from the depth maps (plyfile)
+    OUT/colmap/images/        the input frames at input resolution
+    OUT/colmap/sparse/0/      COLMAP model (pycolmap): cameras, images, points3D (.bin [+ .txt])
+    OUT/transforms.json       nerfstudio cameras (+ OUT/depth_png/<stem>.png, 16-bit depth)
+    OUT/summary.json          settings, frames, timings (time_s), losses, focal, warnings
+    OUT/report...             written by flowmap.outputs.report when cfg.report
+
+Nothing is half-written: all files go to a temporary sibling ``OUT.tmp-<pid>`` that is
+renamed into place once complete; an existing OUT is replaced only then.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from flowmap.errors import InputError
+from flowmap.outputs.colmap import write_colmap, write_images
+from flowmap.outputs.files import write_intrinsics, write_poses
+from flowmap.outputs.nerfstudio import NERFSTUDIO_DEFAULT_DEPTH_UNIT, write_transforms
+from flowmap.outputs.ply import depth_point_cloud, write_ply
+from flowmap.types import Frames, Reconstruction
+
+__all__ = ["OutputConfig", "write_outputs"]
+
+
+@dataclass
+class OutputConfig:
+    """What the output stage writes.
+
+    Attributes:
+        colmap: write the COLMAP model ``OUT/colmap`` (images + sparse/0).
+        colmap_text: also write the COLMAP model as ``.txt``.
+        transforms: write nerfstudio's ``OUT/transforms.json`` and 16-bit depth PNGs.
+        ply: write the point cloud ``OUT/points.ply``.
+        report: write the report (``flowmap.outputs.report.write_report``).
+        gt_dir: a ground-truth folder (shared data layout: ``poses.txt``,
+            ``intrinsics.json``) whose Sim(3)-aligned trajectory and metrics the report
+            shows; None: none.
+        max_points: the most points in ``points.ply``.
+        colmap_max_points: the most points3D in the COLMAP model (each point stores an
+            observation in every frame that sees it, so the model grows with
+            points x frames; 50,000 points over 50 frames is about 60 MB).
+        min_weight: a pixel's correspondence weight must be at least this fraction of
+            the 99th percentile of its pair's weights to give a point.
+        depth_tol: relative depth tolerance of the neighbour-consistency filter and of
+            the occlusion check of COLMAP observations.
+        jpeg_quality: JPEG quality of the exported frames.
+        seed: seed of the point subsampling.
+    """
+
+    colmap: bool = True
+    colmap_text: bool = False
+    transforms: bool = True
+    ply: bool = True
+    report: bool = True
+    gt_dir: Path | None = None
+    max_points: int = 100_000
+    colmap_max_points: int = 50_000
+    min_weight: float = 0.5
+    depth_tol: float = 0.05
+    jpeg_quality: int = 95
+    seed: int = 0
+
+
+def write_outputs(
+    rec: Reconstruction,
+    frames: Frames,
+    out_dir: Path,
+    cfg: OutputConfig,
+    summary: dict | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write every output of a run into ``out_dir``, atomically.
+
+    Args:
+        rec: the reconstruction; ``rec.K`` in pixels of ``frames.images``, depth and
+            images at the working resolution, c2w OpenCV axes.
+        frames: the input frames (names, input-resolution images for the COLMAP export).
+        out_dir: the output folder; must not exist, be empty, or ``overwrite``.
+        cfg: what to write.
+        summary: extra entries for ``summary.json`` (e.g. the command line, input
+            path). They are merged over what is derived from ``rec`` (nested dicts are
+            merged key by key). A ``time_s`` given here is the time before the output
+            stage; the output time is added to it.
+        overwrite: replace an existing non-empty ``out_dir`` (only once the new one is
+            complete).
+
+    Returns:
+        ``out_dir``.
+
+    Raises:
+        InputError: ``out_dir`` exists and is a file, or is non-empty without
+            ``overwrite``; ``cfg.gt_dir`` is given but not a valid ground-truth folder.
+        ValueError: frames and reconstruction disagree, or poses/intrinsics are not finite.
+    """
+    t0 = time.perf_counter()
+    out_dir = Path(out_dir)
+    check_out_dir(out_dir, overwrite)
+    check_consistent(rec, frames)
+    if cfg.report and cfg.gt_dir is not None:  # fail before any work on a bad ground truth
+        from flowmap.evaluation import read_ground_truth
+
+        read_ground_truth(Path(cfg.gt_dir))
+    tmp = out_dir.parent / f"{out_dir.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        extra = write_contents(rec, frames, tmp, cfg)
+        timings = {**rec.timings, "outputs_s": time.perf_counter() - t0}
+        write_summary(tmp / "summary.json", rec, frames, cfg, extra, timings, summary or {})
+        replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def check_out_dir(out_dir: Path, overwrite: bool) -> None:
+    """Refuse an output path that is a file, or a non-empty folder without ``overwrite``."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"output path {out_dir} is a file; give a folder path")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise InputError(f"output folder {out_dir} exists and is not empty; choose another or pass --overwrite")
+
+
+def check_consistent(rec: Reconstruction, frames: Frames) -> None:
+    """Raise ValueError unless rec and frames describe the same finite reconstruction."""
+    n = rec.n
+    if frames.n != n or list(frames.names) != list(rec.names):
+        raise ValueError(f"frames ({frames.n}) and reconstruction ({n}) must hold the same named frames")
+    if rec.depth.shape[0] != n or rec.images.shape[:3] != rec.depth.shape:
+        raise ValueError(f"depth {rec.depth.shape} and images {rec.images.shape} must be (N, h, w[, 3]) with N={n}")
+    if not (np.isfinite(rec.c2w).all() and np.isfinite(rec.K).all()):
+        raise ValueError("the reconstruction has non-finite poses or intrinsics; nothing written")
+
+
+def write_contents(rec: Reconstruction, frames: Frames, directory: Path, cfg: OutputConfig) -> dict:
+    """Write all files into ``directory``; return what summary.json should say about them."""
+    H, W = frames.height, frames.width
+    h, w = rec.working_size
+    info: dict = {"warnings": [], "timings": {}}
+
+    def timed(key: str, start: float) -> None:
+        info["timings"][key] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    write_poses(directory / "poses.txt", list(frames.names), rec.c2w)
+    write_intrinsics(
+        directory / "intrinsics.json", rec.K_at(H, W), W, H, "flowmap estimate (pixels of the input frames)"
+    )
+    (directory / "depth").mkdir()
+    for name, depth in zip(frames.names, rec.depth):
+        np.save(directory / "depth" / f"{Path(name).stem}.npy", np.asarray(depth, dtype=np.float32))
+    timed("write_cameras_depth_s", start)
+
+    if cfg.ply:
+        start = time.perf_counter()
+        xyz, rgb = depth_point_cloud(rec, cfg.max_points, cfg.min_weight, cfg.depth_tol, cfg.seed)
+        write_ply(directory / "points.ply", xyz, rgb)
+        info["ply_points"] = len(xyz)
+        if len(xyz) == 0:
+            info["warnings"].append("the point cloud is empty: no depth passed the consistency filter")
+        timed("write_ply_s", start)
+
+    image_dir = "colmap/images"
+    if cfg.colmap:
+        start = time.perf_counter()
+        model = write_colmap(
+            rec,
+            frames,
+            directory / "colmap",
+            text=cfg.colmap_text,
+            max_points=cfg.colmap_max_points,
+            min_weight=cfg.min_weight,
+            rel_tol=cfg.depth_tol,
+            seed=cfg.seed,
+            jpeg_quality=cfg.jpeg_quality,
+        )
+        info["colmap"] = {
+            "images": model.num_reg_images(),
+            "points3D": model.num_points3D(),
+            "mean_track_length": float(model.compute_mean_track_length()) if model.num_points3D() else 0.0,
+        }
+        timed("write_colmap_s", start)
+    elif cfg.transforms:
+        image_dir = "images"
+        write_images(frames, directory / image_dir, cfg.jpeg_quality)
+
+    if cfg.transforms:
+        start = time.perf_counter()
+        path = write_transforms(
+            rec, frames, directory, image_dir=image_dir, ply_file_path="points.ply" if cfg.ply else None
+        )
+        unit = json.loads(path.read_text())["depth_unit_scale_factor"]
+        info["depth_unit_scale_factor"] = unit
+        if unit != NERFSTUDIO_DEFAULT_DEPTH_UNIT:
+            info["warnings"].append(
+                f"depth PNGs use depth_unit_scale_factor {unit:g}; pass --depth-unit-scale-factor {unit:g} "
+                "to nerfstudio's nerfstudio-data parser"
+            )
+        timed("write_transforms_s", start)
+
+    if cfg.report:
+        start = time.perf_counter()
+        try:
+            from flowmap.outputs.report import write_report
+        except ModuleNotFoundError as e:
+            if e.name != "flowmap.outputs.report":
+                raise
+            info["warnings"].append("no report written: flowmap.outputs.report is not available")
+        else:
+            write_report(rec, directory, gt_dir=cfg.gt_dir)
+        timed("write_report_s", start)
+    info["depth_resolution"] = [h, w]
+    return info
+
+
+def write_summary(
+    path: Path,
+    rec: Reconstruction,
+    frames: Frames,
+    cfg: OutputConfig,
+    info: dict,
+    timings: dict,
+    extra: dict,
+) -> None:
+    """Write ``summary.json``: what rec and the output stage say, merged with ``extra``."""
+    H, W = frames.height, frames.width
+    h, w = rec.working_size
+    K = rec.K_at(H, W)
+    timings = {**timings, **info["timings"]}
+    time_before = extra.get("time_s", sum(v for k, v in rec.timings.items() if k != "outputs_s"))
+    derived = {
+        "n_frames": rec.n,
+        "image_size": [H, W],
+        "focal_px": float((K[0, 0] + K[1, 1]) / 2),
+        "K": K.tolist(),
+        "depth": {
+            "resolution": [h, w],
+            "format": "float32 z-depth .npy per frame, named after the frame stem, in depth/",
+            "K": rec.K_at(h, w).tolist(),
+        },
+        "losses": dict(rec.losses),
+        "timings": timings,
+        "time_s": float(time_before) + timings["outputs_s"],
+        "warnings": list(rec.warnings) + info["warnings"],
+        "settings": {**rec.settings, "outputs": asdict(cfg)},
+        "outputs": {k: v for k, v in info.items() if k not in ("warnings", "timings")},
+    }
+    merged = merge(derived, {k: v for k, v in extra.items() if k != "time_s"})
+    path.write_text(json.dumps(merged, indent=2, default=to_json) + "\n")
+
+
+def merge(base: dict, update: dict) -> dict:
+    """Recursive dict merge; values of ``update`` win, lists of warnings are concatenated."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        elif key == "warnings" and isinstance(value, list) and isinstance(out.get(key), list):
+            out[key] = out[key] + [v for v in value if v not in out[key]]
+        else:
+            out[key] = value
+    return out
+
+
+def to_json(value):
+    """JSON fallback: NumPy values as numbers or lists, anything else (paths, enums) as text."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return str(value)
+
+
+def replace_dir(new: Path, target: Path) -> None:
+    """Move the complete folder ``new`` to ``target``; an existing ``target`` is removed last."""
+    old = None
+    if target.exists():
+        old = target.parent / f"{target.name}.old-{os.getpid()}"
+        if old.exists():
+            shutil.rmtree(old)
+        target.rename(old)
+    try:
+        new.rename(target)
+    except BaseException:
+        if old is not None:
+            old.rename(target)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

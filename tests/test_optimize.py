@@ -131,3 +131,16 @@ def test_short_real_run_on_fox():
     metrics = evaluate_reconstruction(rec, FOX)
     assert metrics["registration_rate"] == pytest.approx(12 / 50)
     assert np.isfinite(metrics["ate_paper"])
+
+
+def test_synthetic_scene_focal_is_estimated():
+    """Without the focal: the softmin-then-learned focal lands near the true one and poses stay accurate."""
+    scene = make_scene(n_frames=10, height=120, width=160, seed=4, fov_deg=70)
+    frames = _frames(scene.images)
+    shape = working_shape(frames.height, frames.width, 96 * 128, 16)
+    corr = compute_correspondences(frames.images, shape, FlowConfig(), TrackConfig(), progress=False)
+    rec = optimize(frames, corr, _cfg(200), progress=False)
+    focal_error = abs(rec.K[0, 0] - scene.K[0, 0]) / scene.K[0, 0]
+    ate = ate_paper(rec.c2w[:, :3, 3], scene.c2w[:, :3, 3])
+    assert focal_error < 0.1, (rec.K[0, 0], scene.K[0, 0])
+    assert ate < 0.03, ate

@@ -75,6 +75,22 @@ def _run_config(
     return cfg
 
 
+def _interrupt_on_sigterm() -> None:
+    """Make SIGTERM behave like Ctrl-C: the run stops cleanly and can be resumed.
+
+    Installed after pycolmap is imported, whose logging library sets its own handler
+    (a stack dump) for SIGTERM.
+    """
+    import signal
+
+    import pycolmap  # noqa: F401  (import first so that this handler wins)
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def _check_out_apart(source: Path, out: Path) -> None:
     """Refuse an output folder that is, or contains, the input (``--overwrite`` would delete it)."""
     from flowmap.errors import InputError
@@ -130,6 +146,7 @@ def run(
         if cache_dir.exists() and not resume:
             shutil.rmtree(cache_dir)
         cfg.cache_dir = cache_dir
+        _interrupt_on_sigterm()
         t0 = time.perf_counter()
         try:
             frames = load_frames(source, cfg.frames)
@@ -187,7 +204,7 @@ def eval_(
 def demo(
     out: Path = typer.Option(Path("flowmap-demo"), "-o", "--out", help="Output folder."),
     frames: int = typer.Option(24, help="Frames of the synthetic video."),
-    steps: Optional[int] = typer.Option(None, help="Optimisation steps."),
+    steps: int = typer.Option(500, help="Optimisation steps (fewer than a real run, so the demo takes a few minutes)."),
     overwrite: bool = typer.Option(True, help="Replace the output folder."),
     quiet: bool = typer.Option(False, help="No progress bars."),
     debug: bool = typer.Option(False, help="Show tracebacks."),

@@ -29,12 +29,16 @@ class DepthNetConfig:
     Attributes:
         channels: encoder widths per level (each level halves the resolution).
         feature_dim: channels of the per-pixel feature map given to the weight MLP.
-        net_downsample: the network runs at working resolution / this factor.
+        net_downsample: the network runs at working resolution / this factor (4: 68 x 40
+            for a 272 x 160 working size) and its depth is upsampled bilinearly. Measured
+            on tum-office (17 frames, one CPU thread): factor 2 with 1000 steps gave
+            ATE 0.0024 and focal error 2.3 % in 671 s; factor 4 with 2000 steps gave
+            0.0020 and 0.7 % in 724 s, so 4 with the paper's 2000 steps is the default.
     """
 
     channels: tuple[int, ...] = (32, 48, 64, 96, 128)
     feature_dim: int = 32
-    net_downsample: int = 2
+    net_downsample: int = 4
 
 
 def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:

@@ -230,6 +230,15 @@ def write_contents(rec: Reconstruction, frames: Frames, directory: Path, cfg: Ou
     return info
 
 
+def _peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, MB (``resource.getrusage``; Linux reports kB)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return float(peak / 2**20 if sys.platform == "darwin" else peak / 1024)
+
+
 def write_summary(
     path: Path,
     rec: Reconstruction,
@@ -244,7 +253,10 @@ def write_summary(
     h, w = rec.working_size
     K = rec.K_at(H, W)
     timings = {**timings, **info["timings"]}
-    time_before = extra.get("time_s", sum(v for k, v in rec.timings.items() if k != "outputs_s"))
+    # rec.timings holds nested stages (correspondences_s = flow_s + tracks_s, ...): use the
+    # run's total when the caller measured it, else the sum of the top-level stages.
+    top_level = ("frames_s", "correspondences_s", "optimization_s")
+    time_before = extra.get("time_s", rec.timings.get("time_s", sum(rec.timings.get(k, 0.0) for k in top_level)))
     derived = {
         "n_frames": rec.n,
         "image_size": [H, W],
@@ -258,6 +270,7 @@ def write_summary(
         "losses": dict(rec.losses),
         "timings": timings,
         "time_s": float(time_before) + timings["outputs_s"],
+        "peak_memory_mb": _peak_rss_mb(),
         "warnings": list(rec.warnings) + info["warnings"],
         "settings": {**rec.settings, "outputs": asdict(cfg)},
         "outputs": {k: v for k, v in info.items() if k not in ("warnings", "timings")},

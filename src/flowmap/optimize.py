@@ -20,10 +20,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from flowmap.geometry import K_pixels, intrinsics_from_focal, pixel_grid
+from flowmap.geometry import K_pixels, intrinsics_from_focal, pixel_grid, sample_image
 from flowmap.model.depth import DepthNet, DepthNetConfig
 from flowmap.model.intrinsics import FocalConfig, LearnedFocal, softmin_focal
-from flowmap.model.poses import chain, pair_samples, relative_poses
+from flowmap.model.poses import apply_bridges, bridge_pose, chain, pair_samples, relative_poses
 from flowmap.model.weights import CorrespondenceWeights, WeightMLPConfig
 from flowmap.objective import ObjectiveConfig, flow_loss, track_loss
 from flowmap.types import Correspondences, Frames, Reconstruction
@@ -189,8 +189,12 @@ def solve_all(
     image_size: tuple[int, int],
     cfg: OptimConfig,
     chunk: int = 16,
+    bridges: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray | float]:
     """Run the network on every frame and solve all poses, weights and final losses.
+
+    ``bridges`` (pairs, xy, valid) from :func:`flowmap.correspondences.bridges.find_bridges`
+    re-route the chain around pairs without valid flow (:func:`apply_bridges`).
 
     Returns:
         dict with c2w (N, 4, 4) float64, depth (N, h, w), weights (N-1, h, w), flow and
@@ -214,6 +218,10 @@ def solve_all(
         Ts.append(relative_poses(samples, K[None]))
         weights.append(samples.weights)
     T = torch.cat(Ts)
+    if bridges is not None and len(bridges[0]):
+        T_np, scales = _bridged(T, depth, K, bridges, w)
+        T = torch.as_tensor(T_np, dtype=T.dtype, device=T.device)
+        depth = depth * torch.as_tensor(scales, dtype=depth.dtype, device=depth.device)[:, None, None]
     flow = flow_loss(
         depth, K, T, data.grid, data.flow_fwd, data.flow_bwd, data.mask_fwd, data.mask_bwd, cfg.objective.huber_delta
     )
@@ -293,6 +301,43 @@ def check_result(c2w: np.ndarray, depth: np.ndarray, focal: float) -> None:
 
 def _grads_finite(model: torch.nn.Module) -> bool:
     return all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def _bridged(
+    T: torch.Tensor, depth: torch.Tensor, K: torch.Tensor, bridges, width: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Relative poses with each cut pair re-routed through its bridge, and per-frame depth scales.
+
+    Cuts are handled in order. For each solvable bridge (c, a, b) the frames after the
+    cut, up to the next cut, are brought to the scale of the frames before it (their
+    relative translations and depths multiplied by 1 / depth_ratio), then the cut pair's
+    pose is replaced so that the chain passes through the bridge (:func:`apply_bridges`).
+
+    Returns:
+        T: (N-1, 4, 4) float64 relative poses T_{i <- i+1}.
+        scales: (N,) float64 factors for the depth maps.
+    """
+    pairs, xy, valid = bridges
+    K_np = K.detach().cpu().double().numpy()
+    T_np = T.detach().cpu().double().numpy().copy()
+    n = T_np.shape[0] + 1
+    scales = np.ones(n)
+    cuts = [int(c) for c in pairs[:, 0]]
+    for j, ((c, a, b), m, v) in enumerate(zip(pairs.tolist(), xy, valid)):
+        m = m[v]
+        pts = torch.as_tensor(m, dtype=depth.dtype, device=depth.device)
+        d_a = sample_image(depth[a][None, None], pts[None, :, :2])[0, :, 0].cpu().double().numpy() * scales[a]
+        d_b = sample_image(depth[b][None, None], pts[None, :, 2:])[0, :, 0].cpu().double().numpy() * scales[b]
+        solved = bridge_pose(m[:, :2], m[:, 2:], d_a, d_b, K_np, threshold_px=1.0, width=width)
+        if solved is None:
+            continue
+        T_ab, ratio = solved
+        end = cuts[j + 1] if j + 1 < len(cuts) else n - 1  # last frame of the far segment
+        rho = 1.0 / ratio
+        T_np[c + 1 : end, :3, 3] *= rho
+        scales[c + 1 : end + 1] *= rho
+        T_np = apply_bridges(T_np, [(c, a, b, T_ab)])
+    return T_np, scales
 
 
 def optimize(
@@ -445,7 +490,8 @@ def optimize(
         final_focal = model.focal().detach()
     else:
         final_focal = torch.tensor(float(np.mean(focal_history[-cfg.focal.average_last :])), device=device)
-    solved = solve_all(model, data, final_focal, image_size, cfg)
+    bridges = (corr.bridge_pairs, corr.bridge_xy, corr.bridge_valid)
+    solved = solve_all(model, data, final_focal, image_size, cfg, bridges=bridges)
     solve_s = time.perf_counter() - t0
     K = K_pixels(intrinsics_from_focal(final_focal.cpu().double(), *image_size), *image_size)
     check_result(solved["c2w"], solved["depth"], float(K[0, 0]))

@@ -76,6 +76,11 @@ class Correspondences:
         tracks_visible: (M, N) bool, True where track m is visible and tracked in
             that frame.
         tracks_query: (M,) int64 frame index in which track m was seeded.
+        bridge_pairs: (B, 3) int64 rows (cut, a, b): the pair (cut, cut+1) has almost
+            no valid flow and frames a <= cut < b share sparse matches (see
+            :mod:`flowmap.correspondences.bridges`).
+        bridge_xy: (B, K, 4) float32 normalised matches (x_a, y_a, x_b, y_b).
+        bridge_valid: (B, K) bool, True for real (not padding) matches.
     """
 
     flow_fwd: np.ndarray
@@ -85,6 +90,9 @@ class Correspondences:
     tracks_xy: np.ndarray
     tracks_visible: np.ndarray
     tracks_query: np.ndarray
+    bridge_pairs: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), np.int64))
+    bridge_xy: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 4), np.float32))
+    bridge_valid: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), bool))
 
     @property
     def n_frames(self) -> int:

@@ -16,12 +16,16 @@ from pathlib import Path
 
 import numpy as np
 
+from flowmap.correspondences.bridges import BridgeConfig, find_bridges
 from flowmap.correspondences.flow import FlowConfig, compute_flows, flow_shape
 from flowmap.correspondences.tracks import TrackConfig, compute_tracks
 from flowmap.frames import resize_images
 from flowmap.types import Correspondences
 
-_FIELDS = ("flow_fwd", "flow_bwd", "mask_fwd", "mask_bwd", "tracks_xy", "tracks_visible", "tracks_query")
+_FIELDS = (
+    "flow_fwd", "flow_bwd", "mask_fwd", "mask_bwd", "tracks_xy", "tracks_visible", "tracks_query",
+    "bridge_pairs", "bridge_xy", "bridge_valid",
+)
 
 
 def compute_correspondences(
@@ -31,6 +35,7 @@ def compute_correspondences(
     track_cfg: TrackConfig,
     progress: bool = True,
     timings: dict[str, float] | None = None,
+    bridge_cfg: BridgeConfig | None = None,
 ) -> Correspondences:
     """Flow both ways between neighbours (with masks) and point tracks (METHOD.md 2).
 
@@ -39,7 +44,8 @@ def compute_correspondences(
         shape: working resolution (h, w) of the optimisation.
         flow_cfg, track_cfg: settings.
         progress: show progress bars.
-        timings: if given, receives ``flow_s`` and ``tracks_s``.
+        timings: if given, receives ``flow_s``, ``tracks_s`` and ``bridges_s``.
+        bridge_cfg: sparse bridges over cuts (default :class:`BridgeConfig`).
 
     Returns:
         :class:`Correspondences` at ``shape``, normalised coordinates.
@@ -52,10 +58,13 @@ def compute_correspondences(
     t1 = time.perf_counter()
     tracked = resize_images(images, flow_shape(shape, images.shape[1:3], flow_cfg.scale))
     xy, vis, query = compute_tracks(tracked, track_cfg, progress)
+    t2 = time.perf_counter()
+    bridges = find_bridges(tracked, mask_fwd, mask_bwd, bridge_cfg or BridgeConfig())
     if timings is not None:
         timings["flow_s"] = t1 - t0
-        timings["tracks_s"] = time.perf_counter() - t1
-    return Correspondences(flow_fwd, flow_bwd, mask_fwd, mask_bwd, xy, vis, query)
+        timings["tracks_s"] = t2 - t1
+        timings["bridges_s"] = time.perf_counter() - t2
+    return Correspondences(flow_fwd, flow_bwd, mask_fwd, mask_bwd, xy, vis, query, *bridges)
 
 
 def cache_key(images: np.ndarray, shape: tuple[int, int], flow_cfg: FlowConfig, track_cfg: TrackConfig) -> str:
@@ -66,6 +75,7 @@ def cache_key(images: np.ndarray, shape: tuple[int, int], flow_cfg: FlowConfig, 
     cfg = {"shape": list(shape), "flow": asdict(flow_cfg), "tracks": asdict(track_cfg)}
     for c in (cfg["flow"], cfg["tracks"]):
         c.pop("threads", None)
+    cfg["version"] = 2  # bumped when the cached fields change
     h.update(json.dumps(cfg, sort_keys=True).encode())
     return h.hexdigest()[:16]
 

@@ -1,0 +1,138 @@
+"""Bridges over cuts: sparse matches between frames on either side of a broken pair.
+
+FlowMap chains relative poses of consecutive frames, so one pair without usable flow (a
+jump, heavy motion blur, a cut) breaks the whole trajectory: every later camera
+inherits that pair's error. On the fox sequence, pair 30-31 (a 44 degree turn with
+blur) has 0.3 % of its pixels passing the flow checks and only ~11 SIFT inliers, but
+frames 20 and 44 see the same side of the object and share ~190 SIFT inliers.
+
+This module finds such cuts (consecutive pairs where almost no flow is valid) and, for
+each, the pair of frames (a <= cut < b) that shares the most RANSAC-verified SIFT matches
+(Lowe, IJCV 2004; OpenCV ``findFundamentalMat`` with MAGSAC++). The optimiser then poses
+the frames after the cut through that bridge instead of through the broken pair (see
+:func:`flowmap.optimize.bridge_pose`). This is flowmap's addition to the method; the
+paper assumes densely sampled video where the chain never breaks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+MAX_MATCHES = 512
+"""Matches kept per bridge (the best by descriptor distance among the inliers)."""
+
+
+@dataclass
+class BridgeConfig:
+    """Attributes:
+        enabled: look for bridges at all.
+        cut_below: a consecutive pair is a cut when less than this fraction of its
+            pixels passes the flow checks (mean of the forward and backward masks).
+        search_radius: candidate frames are at most this many frames before the cut's
+            first frame and after its second.
+        min_inliers: a bridge needs at least this many fundamental-matrix inliers.
+        sift_features: SIFT keypoints per frame.
+    """
+
+    enabled: bool = True
+    cut_below: float = 0.05
+    search_radius: int = 30
+    min_inliers: int = 60
+    sift_features: int = 3000
+
+
+def find_cuts(mask_fwd: np.ndarray, mask_bwd: np.ndarray, cut_below: float) -> list[int]:
+    """Indices i of the pairs (i, i+1) whose valid-flow fraction is below ``cut_below``.
+
+    Args:
+        mask_fwd, mask_bwd: (N-1, h, w) flow validity in [0, 1].
+    """
+    valid = 0.5 * (mask_fwd.reshape(len(mask_fwd), -1).mean(1) + mask_bwd.reshape(len(mask_bwd), -1).mean(1))
+    return [int(i) for i in np.nonzero(valid < cut_below)[0]]
+
+
+def _match(da: np.ndarray, db: np.ndarray, ka: np.ndarray, kb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Ratio-tested, fundamental-matrix-verified matches: (K, 2) pixels in a and b."""
+    if da is None or db is None or len(da) < 8 or len(db) < 8:
+        return np.zeros((0, 2), np.float32), np.zeros((0, 2), np.float32)
+    pairs = cv2.BFMatcher().knnMatch(da, db, k=2)
+    good = [m[0] for m in pairs if len(m) == 2 and m[0].distance < 0.8 * m[1].distance]
+    if len(good) < 8:
+        return np.zeros((0, 2), np.float32), np.zeros((0, 2), np.float32)
+    good.sort(key=lambda m: m.distance)
+    pa = np.float32([ka[m.queryIdx] for m in good])
+    pb = np.float32([kb[m.trainIdx] for m in good])
+    _, inliers = cv2.findFundamentalMat(pa, pb, cv2.USAC_MAGSAC, 1.0, 0.999)
+    if inliers is None:
+        return np.zeros((0, 2), np.float32), np.zeros((0, 2), np.float32)
+    keep = inliers.ravel().astype(bool)
+    return pa[keep], pb[keep]
+
+
+def find_bridges(
+    images: np.ndarray, mask_fwd: np.ndarray, mask_bwd: np.ndarray, cfg: BridgeConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For every cut, the best-connected frame pair across it and its matches.
+
+    Args:
+        images: (N, H, W, 3) uint8 RGB frames (the flow resolution).
+        mask_fwd, mask_bwd: (N-1, h, w) flow validity of consecutive pairs.
+        cfg: settings.
+
+    Returns:
+        pairs: (B, 3) int64 rows (cut, a, b) with a <= cut < cut + 1 <= b.
+        xy: (B, MAX_MATCHES, 4) float32 normalised (x_a, y_a, x_b, y_b), zero-padded.
+        valid: (B, MAX_MATCHES) bool.
+        B = 0 when there is no cut or no bridge reaches ``min_inliers``.
+    """
+    empty = (np.zeros((0, 3), np.int64), np.zeros((0, MAX_MATCHES, 4), np.float32), np.zeros((0, MAX_MATCHES), bool))
+    if not cfg.enabled:
+        return empty
+    cuts = find_cuts(mask_fwd, mask_bwd, cfg.cut_below)
+    if not cuts:
+        return empty
+    n, h, w = images.shape[:3]
+    sift = cv2.SIFT_create(cfg.sift_features)
+    features: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def feats(i: int) -> tuple[np.ndarray, np.ndarray]:
+        if i not in features:
+            kps, desc = sift.detectAndCompute(cv2.cvtColor(images[i], cv2.COLOR_RGB2GRAY), None)
+            features[i] = (np.float32([k.pt for k in kps]).reshape(-1, 2), desc)
+        return features[i]
+
+    rows, xys, valids = [], [], []
+    for j, cut in enumerate(cuts):
+        # Candidates stay between the neighbouring cuts (a chain through another cut is
+        # broken too); every second frame, plus the cut's own two frames.
+        first = max(0, cut - cfg.search_radius, cuts[j - 1] + 1 if j > 0 else 0)
+        last = min(n - 1, cut + 1 + cfg.search_radius, cuts[j + 1] if j + 1 < len(cuts) else n - 1)
+        lo = sorted(set(range(cut, first - 1, -2)) | {first})
+        hi = sorted(set(range(cut + 1, last + 1, 2)) | {last})
+        best = (0, -1, -1, None, None)
+        for a in lo:
+            ka, da = feats(a)
+            for b in hi:
+                kb, db = feats(b)
+                pa, pb = _match(da, db, ka, kb)
+                if len(pa) > best[0]:
+                    best = (len(pa), a, b, pa, pb)
+        count, a, b, pa, pb = best
+        if count < cfg.min_inliers:
+            continue
+        k = min(count, MAX_MATCHES)
+        xy = np.zeros((MAX_MATCHES, 4), np.float32)
+        scale = np.array([w, h], np.float32)
+        xy[:k, :2] = (pa[:k] + 0.5) / scale
+        xy[:k, 2:] = (pb[:k] + 0.5) / scale
+        valid = np.zeros(MAX_MATCHES, bool)
+        valid[:k] = True
+        rows.append((cut, a, b))
+        xys.append(xy)
+        valids.append(valid)
+    if not rows:
+        return empty
+    return np.array(rows, np.int64), np.stack(xys), np.stack(valids)

@@ -112,6 +112,16 @@ def test_pairs_without_valid_flow_are_named():
     assert "almost no valid flow in 1 of 5 frame pairs" in warning and "001.jpg-002.jpg 0%" in warning
     assert "003.jpg" not in warning
     assert checks.motion_warnings(corr, names) == []  # unmeasured pairs are not "static"
+    assert "unreliable" in warning
+    # The same cut with a bridge over it (frames 0 and 4 share 70 matches) says so.
+    from dataclasses import replace
+
+    valid = np.zeros((1, 512), bool)
+    valid[0, :70] = True
+    bridged = replace(corr, bridge_pairs=np.array([[1, 0, 4]]), bridge_xy=np.zeros((1, 512, 4), np.float32), bridge_valid=valid)
+    (warning,) = checks.valid_flow_warnings(bridged, names)
+    assert "001.jpg-002.jpg bridged through 000.jpg-004.jpg (70 SIFT matches)" in warning
+    assert "unreliable" not in warning
 
 
 def test_dark_and_uniform_frames_are_named():

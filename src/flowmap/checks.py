@@ -218,9 +218,20 @@ def valid_flow_warnings(
     if len(bad) == 0:
         return []
     labels = [f"{p} {100 * frac[i]:.0f}%" for p, i in zip(_pair_names(bad, names), bad)]
+    bridged = {int(c): (int(a), int(b), int(v.sum())) for (c, a, b), v in zip(corr.bridge_pairs, corr.bridge_valid)}
+    label = (lambda i: names[i]) if names is not None else str
+    notes = [
+        f"{label(c)}-{label(c + 1)} bridged through {label(a)}-{label(b)} ({k} SIFT matches)"
+        for c, (a, b, k) in sorted(bridged.items())
+        if c in set(int(i) for i in bad)
+    ]
+    unbridged = [i for i in bad if int(i) not in bridged]
+    tail = "Their poses are unreliable" if unbridged else "The poses after them come from the bridge"
+    if notes:
+        tail = f"{'; '.join(notes)}. {tail}" if unbridged else f"{'; '.join(notes)}; the poses after them come from the bridge"
     return [
         f"almost no valid flow in {len(bad)} of {len(frac)} frame pairs (pixels passing the flow checks: "
-        f"{_list(labels)}): textureless, dark, blurred or a cut? Their poses are unreliable"
+        f"{_list(labels)}): textureless, dark, blurred or a cut? {tail}"
     ]
 
 

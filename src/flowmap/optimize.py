@@ -12,14 +12,20 @@ depth map is solved from it.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from flowmap.errors import NumericalError
+from flowmap.frames import resize_images
 from flowmap.geometry import K_pixels, intrinsics_from_focal, pixel_grid, sample_image
 from flowmap.model.depth import DepthNet, DepthNetConfig
 from flowmap.model.intrinsics import FocalConfig, LearnedFocal, softmin_focal
@@ -243,19 +249,12 @@ CHECKPOINT_NAME = "checkpoint.pt"
 
 def _fingerprint(cfg: OptimConfig, focal_px: float | None, seed: int, n: int, shape: tuple[int, int]) -> str:
     """Identifies the run a checkpoint belongs to (a resume must match it)."""
-    import hashlib
-    import json
-    from dataclasses import asdict
-
     blob = json.dumps([asdict(cfg), focal_px, seed, n, list(shape)], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def save_checkpoint(path, state: dict) -> None:
     """Write ``state`` with torch.save to ``path`` atomically (temporary file + rename)."""
-    import os
-    from pathlib import Path
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
@@ -268,8 +267,6 @@ def load_checkpoint(path, fingerprint: str) -> dict | None:
 
     Loaded with ``torch.load(weights_only=True)`` (tensors and plain data only).
     """
-    from pathlib import Path
-
     path = Path(path)
     if not path.is_file():
         return None
@@ -287,8 +284,6 @@ def check_result(c2w: np.ndarray, depth: np.ndarray, focal: float) -> None:
         NumericalError: non-finite poses, depths or focal length, non-positive depths,
             or rotations that are not orthonormal with determinant +1 (tolerance 1e-4).
     """
-    from flowmap.errors import NumericalError
-
     if not (np.isfinite(c2w).all() and np.isfinite(depth).all() and np.isfinite(focal)):
         raise NumericalError("the optimisation produced non-finite poses or depths; try another --seed or fewer --steps")
     if focal <= 0 or (depth <= 0).any():
@@ -297,6 +292,16 @@ def check_result(c2w: np.ndarray, depth: np.ndarray, focal: float) -> None:
     eye = np.eye(3)
     if np.abs(R @ np.transpose(R, (0, 2, 1)) - eye).max() > 1e-4 or np.abs(np.linalg.det(R) - 1).max() > 1e-4:
         raise NumericalError("the optimisation produced invalid rotations; try another --seed")
+
+
+def _enable_learned_focal(
+    model: FlowMapModel, opt: torch.optim.Optimizer, base_lrs: list[float], init: float, lr: float, device: str
+) -> None:
+    """Switch from the softmin focal to a learned one (METHOD.md 3.3): a new parameter
+    group of the optimiser, whose base learning rate is appended to ``base_lrs``."""
+    model.focal = LearnedFocal(init).to(device)
+    opt.add_param_group({"params": model.focal.parameters(), "lr": lr})
+    base_lrs.append(lr)
 
 
 def _grads_finite(model: torch.nn.Module) -> bool:
@@ -376,9 +381,6 @@ def optimize(
         NumericalError: more than ``cfg.max_bad_steps`` non-finite steps, or an
             invalid final result (see :func:`check_result`).
     """
-    from flowmap.errors import NumericalError
-    from flowmap.frames import resize_images
-
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     h, w = corr.shape
@@ -400,13 +402,11 @@ def optimize(
     lr_scale, bad_steps, first_step = 1.0, 0, 0
 
     fingerprint = _fingerprint(cfg, focal_px, seed, N, (h, w))
-    ckpt_path = None if checkpoint_dir is None else __import__("pathlib").Path(checkpoint_dir) / CHECKPOINT_NAME
+    ckpt_path = None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT_NAME
     state = None if ckpt_path is None else load_checkpoint(ckpt_path, fingerprint)
     if state is not None:
-        if state["learned_focal"] is not None:
-            model.focal = LearnedFocal(1.0).to(device)
-            opt.add_param_group({"params": model.focal.parameters(), "lr": cfg.focal_lr})
-            base_lrs.append(cfg.focal_lr)
+        if state["learned_focal"] is not None:  # its value comes with the model's state
+            _enable_learned_focal(model, opt, base_lrs, 1.0, cfg.focal_lr, device)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
@@ -443,9 +443,7 @@ def optimize(
     for step in bar:
         if known is None and step == switch_step and model.focal is None:
             init = float(np.mean(focal_history[-cfg.focal.average_last :]))
-            model.focal = LearnedFocal(init).to(device)
-            opt.add_param_group({"params": model.focal.parameters(), "lr": cfg.focal_lr})
-            base_lrs.append(cfg.focal_lr)
+            _enable_learned_focal(model, opt, base_lrs, init, cfg.focal_lr, device)
         factor = lr_factor(step, cfg) * lr_scale
         for group, base in zip(opt.param_groups, base_lrs):
             group["lr"] = base * factor

@@ -596,6 +596,8 @@ def write_sequence(scene: SyntheticScene, directory: Path | str) -> Path:
     Raises:
         InputError: ``directory`` exists and is not empty and not a synthetic sequence.
     """
+    from flowmap.outputs.files import write_intrinsics, write_poses
+
     directory = Path(directory)
     occupied = directory.exists() and (not directory.is_dir() or any(directory.iterdir()))
     if occupied and not _is_previous_sequence(directory):
@@ -607,24 +609,9 @@ def write_sequence(scene: SyntheticScene, directory: Path | str) -> Path:
         for name, image in zip(scene.names, scene.images, strict=True):
             if not cv2.imwrite(str(tmp / "images" / name), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
                 raise OSError(f"could not write {tmp / 'images' / name}")
-        quats = Rotation.from_matrix(scene.c2w[:, :3, :3]).as_quat()  # x y z w
-        lines = ["# image tx ty tz qx qy qz qw (camera-to-world, OpenCV axes)"]
-        for name, c2w, q in zip(scene.names, scene.c2w, quats, strict=True):
-            values = " ".join(f"{v:.12f}" for v in (*c2w[:3, 3], *q))
-            lines.append(f"{name} {values}")
-        (tmp / "poses.txt").write_text("\n".join(lines) + "\n")
+        write_poses(tmp / "poses.txt", list(scene.names), scene.c2w)
         H, W = scene.images.shape[1:3]
-        K = scene.K
-        meta = {
-            "width": int(W),
-            "height": int(H),
-            "fx": float(K[0, 0]),
-            "fy": float(K[1, 1]),
-            "cx": float(K[0, 2]),
-            "cy": float(K[1, 2]),
-            "source": SOURCE,
-        }
-        (tmp / "intrinsics.json").write_text(json.dumps(meta, indent=2) + "\n")
+        write_intrinsics(tmp / "intrinsics.json", scene.K, W, H, SOURCE)
         old = None
         if directory.exists():  # move the previous sequence aside, then swap in the new one
             old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old.", dir=directory.parent))

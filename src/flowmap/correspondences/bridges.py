@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from flowmap.correspondences.sift import ratio_matches, sift_features
+
 MAX_MATCHES = 512
 """Matches kept per bridge (the best by descriptor distance among the inliers)."""
 
@@ -55,16 +57,12 @@ def find_cuts(mask_fwd: np.ndarray, mask_bwd: np.ndarray, cut_below: float) -> l
 
 
 def _match(da: np.ndarray, db: np.ndarray, ka: np.ndarray, kb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Ratio-tested, fundamental-matrix-verified matches: (K, 2) pixels in a and b."""
-    if da is None or db is None or len(da) < 8 or len(db) < 8:
-        return np.zeros((0, 2), np.float32), np.zeros((0, 2), np.float32)
-    pairs = cv2.BFMatcher().knnMatch(da, db, k=2)
-    good = [m[0] for m in pairs if len(m) == 2 and m[0].distance < 0.8 * m[1].distance]
+    """Ratio-tested, fundamental-matrix-verified matches: (K, 2) pixels in a and b, best first."""
+    good = sorted(ratio_matches(da, db), key=lambda m: m.distance)
     if len(good) < 8:
         return np.zeros((0, 2), np.float32), np.zeros((0, 2), np.float32)
-    good.sort(key=lambda m: m.distance)
-    pa = np.float32([ka[m.queryIdx] for m in good])
-    pb = np.float32([kb[m.trainIdx] for m in good])
+    pa = ka[[m.queryIdx for m in good]]
+    pb = kb[[m.trainIdx for m in good]]
     _, inliers = cv2.findFundamentalMat(pa, pb, cv2.USAC_MAGSAC, 1.0, 0.999)
     if inliers is None:
         return np.zeros((0, 2), np.float32), np.zeros((0, 2), np.float32)
@@ -95,13 +93,11 @@ def find_bridges(
     if not cuts:
         return empty
     n, h, w = images.shape[:3]
-    sift = cv2.SIFT_create(cfg.sift_features)
-    features: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    features: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
 
-    def feats(i: int) -> tuple[np.ndarray, np.ndarray]:
+    def feats(i: int) -> tuple[np.ndarray, np.ndarray | None]:
         if i not in features:
-            kps, desc = sift.detectAndCompute(cv2.cvtColor(images[i], cv2.COLOR_RGB2GRAY), None)
-            features[i] = (np.float32([k.pt for k in kps]).reshape(-1, 2), desc)
+            features[i] = sift_features(images[i], cfg.sift_features)
         return features[i]
 
     rows, xys, valids = [], [], []

@@ -54,12 +54,13 @@ def compute_correspondences(
         InputError: bad images or settings.
     """
     t0 = time.perf_counter()
-    flow_fwd, flow_bwd, mask_fwd, mask_bwd = compute_flows(images, shape, flow_cfg, progress)
+    # Flow, tracks and bridges all work at the flow resolution: resize once.
+    small = resize_images(images, flow_shape(shape, images.shape[1:3], flow_cfg.scale))
+    flow_fwd, flow_bwd, mask_fwd, mask_bwd = compute_flows(small, shape, flow_cfg, progress)
     t1 = time.perf_counter()
-    tracked = resize_images(images, flow_shape(shape, images.shape[1:3], flow_cfg.scale))
-    xy, vis, query = compute_tracks(tracked, track_cfg, progress)
+    xy, vis, query = compute_tracks(small, track_cfg, progress)
     t2 = time.perf_counter()
-    bridges = find_bridges(tracked, mask_fwd, mask_bwd, bridge_cfg or BridgeConfig())
+    bridges = find_bridges(small, mask_fwd, mask_bwd, bridge_cfg or BridgeConfig())
     if timings is not None:
         timings["flow_s"] = t1 - t0
         timings["tracks_s"] = t2 - t1

@@ -33,6 +33,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from flowmap.correspondences.sift import ratio_matches, sift_features
 from flowmap.errors import InputError
 from flowmap.frames import resize_images
 
@@ -250,17 +251,15 @@ def homography(src: np.ndarray, dst: np.ndarray, min_inliers: int = 15) -> np.nd
     OpenCV SIFT (Lowe, IJCV 2004) with the ratio test at 0.8, then RANSAC
     (``cv2.findHomography``, 3 px). None when fewer than ``min_inliers`` matches agree.
     """
-    sift = cv2.SIFT_create(2000)
-    ka, da = sift.detectAndCompute(_gray(src), None)
-    kb, db = sift.detectAndCompute(_gray(dst), None)
-    if da is None or db is None or len(ka) < min_inliers or len(kb) < 2:
+    pts_a, da = sift_features(src, 2000)
+    pts_b, db = sift_features(dst, 2000)
+    if len(pts_a) < min_inliers:
         return None
-    pairs = cv2.BFMatcher().knnMatch(da, db, k=2)
-    good = [m[0] for m in pairs if len(m) == 2 and m[0].distance < 0.8 * m[1].distance]
+    good = ratio_matches(da, db)
     if len(good) < min_inliers:
         return None
-    pa = np.float32([ka[m.queryIdx].pt for m in good])
-    pb = np.float32([kb[m.trainIdx].pt for m in good])
+    pa = pts_a[[m.queryIdx for m in good]]
+    pb = pts_b[[m.trainIdx for m in good]]
     H, inliers = cv2.findHomography(pa, pb, cv2.RANSAC, 3.0)
     if H is None or inliers is None or int(inliers.sum()) < min_inliers:
         return None

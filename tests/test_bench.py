@@ -14,8 +14,9 @@ from flowmap.bench import ROW_KEYS, format_table, measure_peak_rss, run_bench
 from flowmap.errors import InputError
 from flowmap.evaluation import evaluate_named
 from flowmap.outputs import OutputConfig
+from conftest import SHARED_DATA, needs_data, require_data
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = SHARED_DATA
 FOUNTAIN = DATA / "fountain-P11"
 
 
@@ -49,6 +50,7 @@ def make_sequence(root: Path, source: Path, frames: list[int], scale: float) -> 
 
 @pytest.fixture(scope="module")
 def fountain_small(tmp_path_factory) -> Path:
+    require_data("fountain-P11")
     return make_sequence(tmp_path_factory.mktemp("seq"), FOUNTAIN, list(range(8)), 0.5)
 
 
@@ -69,6 +71,7 @@ def test_run_colmap_registers_fountain_with_accurate_focal(fountain_small, tmp_p
     assert metrics["ate_paper"] < 0.005
 
 
+@needs_data("fountain-P11")
 def test_run_colmap_rejects_bad_input(tmp_path):
     with pytest.raises(InputError):
         run_colmap(tmp_path / "missing", tmp_path / "w")
@@ -130,6 +133,7 @@ def tiny_config():
     return config
 
 
+@needs_data("fountain-P11")
 def test_bench_smoke_flowmap_and_colmap(tmp_path, one_torch_thread):
     seq = make_sequence(tmp_path, FOUNTAIN, list(range(6)), 0.25)
     outputs = OutputConfig(max_points=2000, colmap_max_points=2000)
@@ -188,10 +192,11 @@ def test_bench_commands_report_bad_input_in_one_line(tmp_path):
     spec = importlib.util.spec_from_file_location("compare_colmap", script_path)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    assert script.main([str(tmp_path / "seq"), "--out", str(tmp_path / "out2"), "--mappers", "incremental"]) == 2
+    assert script.main([str(tmp_path / "seq"), "--out", str(tmp_path / "out2"), "--no-global"]) == 2
     assert not (tmp_path / "out").exists() and not (tmp_path / "out2").exists()
 
 
+@needs_data("fountain-P11")
 def test_exif_focal_is_not_given_to_colmap(tmp_path):
     """COLMAP would take a focal prior from EXIF; the baseline must start without one."""
     import pycolmap

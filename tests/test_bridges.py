@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 from scipy.spatial.transform import Rotation
 
 from flowmap.correspondences.bridges import BridgeConfig, find_bridges, find_cuts
 from flowmap.frames import FrameConfig, load_frames, resize_images
-from flowmap.model.poses import apply_bridges, bridge_pose
+from flowmap.solve import apply_bridges, bridge_pose
+from conftest import SHARED_DATA, needs_data
 
-FOX = Path(__file__).resolve().parents[2] / "shared" / "data" / "fox"
+FOX = SHARED_DATA / "fox"
 
 
 def _random_pose(rng: np.random.Generator, angle_deg: float = 15.0, dist: float = 0.5) -> np.ndarray:
@@ -67,13 +67,15 @@ def test_find_cuts_thresholds_the_valid_fraction():
     assert find_cuts(masks, masks, 0.05) == [2]
 
 
+@needs_data("fox")
 def test_fox_cut_is_bridged_by_frames_that_see_the_same_side():
     """On fox, pair 30-31 (a 44 degree turn with blur) has no flow; a bridge with many inliers spans it."""
     frames = load_frames(FOX / "images", FrameConfig())
     images = resize_images(frames.images, (272, 160))
     masks = np.ones((frames.n - 1, 8, 8), np.float32)
     masks[30] = 0.0
-    pairs, xy, valid = find_bridges(images, masks, masks, BridgeConfig())
+    bridges = find_bridges(images, masks, masks, BridgeConfig())
+    pairs, xy, valid = bridges.pairs, bridges.xy, bridges.valid
     assert pairs.shape == (1, 3)
     cut, a, b = pairs[0]
     assert cut == 30 and a <= 30 < 31 <= b

@@ -1,4 +1,5 @@
-"""Tests of flowmap.checks: degenerate-content warnings and the memory estimate."""
+"""Tests of flowmap.checks (degenerate-content warnings), flowmap.memory (the memory estimate)
+and flowmap.validate's focal check."""
 
 from __future__ import annotations
 
@@ -11,15 +12,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flowmap import checks
-from flowmap.correspondences.flow import FlowConfig, compute_flows
+from flowmap import checks, memory, validate
+from flowmap.correspondences.flow import FlowConfig, compute_flows, flow_shape
 from flowmap.errors import DegenerateInputError, InputError
 from flowmap.frames import FrameConfig, load_frames, resize_images, working_shape
 from flowmap.model.intrinsics import FocalConfig, focal_candidates
 from flowmap.synthetic import make_scene
-from flowmap.types import Correspondences
+from flowmap.types import Bridges, Correspondences
+from conftest import SHARED_DATA, needs_data
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = SHARED_DATA
 
 
 def corr_from(flow_px: np.ndarray, mask: np.ndarray | None = None) -> Correspondences:
@@ -118,7 +120,7 @@ def test_pairs_without_valid_flow_are_named():
 
     valid = np.zeros((1, 512), bool)
     valid[0, :70] = True
-    bridged = replace(corr, bridge_pairs=np.array([[1, 0, 4]]), bridge_xy=np.zeros((1, 512, 4), np.float32), bridge_valid=valid)
+    bridged = replace(corr, bridges=Bridges(np.array([[1, 0, 4]]), np.zeros((1, 512, 4), np.float32), valid))
     (warning,) = checks.valid_flow_warnings(bridged, names)
     assert "001.jpg-002.jpg bridged through 000.jpg-004.jpg (70 SIFT matches)" in warning
     assert "unreliable" not in warning
@@ -136,11 +138,13 @@ def test_dark_and_uniform_frames_are_named():
     assert checks.texture_warnings(scene.images, scene.names) == []
 
 
+@needs_data()
 @pytest.mark.parametrize("name", ["fox", "tum-office", "castle-P30"])
 def test_no_false_alarms_on_real_videos(name):
     frames = load_frames(DATA / name / "images", FrameConfig(max_frames=6))
     shape = working_shape(frames.height, frames.width, 12000, 16)
-    flows = compute_flows(frames.images, shape, FlowConfig(threads=1), progress=False)
+    small = resize_images(frames.images, flow_shape(shape, (frames.height, frames.width), 2.0))
+    flows = compute_flows(small, shape, FlowConfig(threads=1), progress=False)
     n = frames.n
     corr = Correspondences(*flows, np.zeros((0, n, 2), np.float32), np.zeros((0, n), bool), np.zeros(0, np.int64))
     assert checks.motion_warnings(corr, frames.names) == []
@@ -171,27 +175,27 @@ def test_focal_at_the_edge_of_the_candidates_is_reported():
 @pytest.mark.parametrize("bad", [0, -3.5, math.nan, math.inf, "abc"])
 def test_focal_option_must_be_a_positive_number(bad):
     with pytest.raises(InputError, match="--focal must be a positive number of pixels"):
-        checks.check_focal(bad)
+        validate.check_focal(bad)
 
 
 def test_focal_option_accepts_positive_numbers():
     for good in (None, 1e-3, 500, "812.5"):
-        checks.check_focal(good)
+        validate.check_focal(good)
 
 
 # ----------------------------------------------------------------------------- memory
 
 
 def test_memory_estimate_grows_with_frames_pixels_and_window():
-    base = checks.estimate_memory(50, (180, 240), 10, checks.n_tracks(50))
-    assert checks.estimate_memory(100, (180, 240), 10, checks.n_tracks(100)).peak > base.peak
-    assert checks.estimate_memory(50, (240, 320), 10, checks.n_tracks(50)).peak > base.peak
-    assert checks.estimate_memory(50, (180, 240), 20, checks.n_tracks(50)).peak > base.peak
+    base = memory.estimate_memory(50, (180, 240), 10, memory.n_tracks(50))
+    assert memory.estimate_memory(100, (180, 240), 10, memory.n_tracks(100)).peak > base.peak
+    assert memory.estimate_memory(50, (240, 320), 10, memory.n_tracks(50)).peak > base.peak
+    assert memory.estimate_memory(50, (180, 240), 20, memory.n_tracks(50)).peak > base.peak
     # flow, backward flow (2 floats each) and two masks per pixel of every pair, plus tracks
-    m = checks.n_tracks(50)
+    m = memory.n_tracks(50)
     assert base.correspondences == pytest.approx(49 * 180 * 240 * 24 + m * 50 * 9 + m * 8)
-    assert checks.n_tracks(50) == 10 * 35 * 35 and checks.n_tracks(51) == 11 * 35 * 35
-    assert checks.n_tracks(50, enabled=False) == 0
+    assert memory.n_tracks(50) == 10 * 35 * 35 and memory.n_tracks(51) == 11 * 35 * 35
+    assert memory.n_tracks(50, enabled=False) == 0
 
 
 def test_memory_check_refuses_with_suggestions_that_fit():
@@ -199,13 +203,13 @@ def test_memory_check_refuses_with_suggestions_that_fit():
 
     def estimate_for(n, budget):
         shape = working_shape(H, W, budget, 16)
-        return checks.estimate_memory(n, shape, 10, checks.n_tracks(n))
+        return memory.estimate_memory(n, shape, 10, memory.n_tracks(n))
 
     shape = working_shape(H, W, 43200, 16)
     est = estimate_for(300, 43200)
     available = est.peak / 3
     with pytest.raises(InputError) as info:
-        checks.check_memory(est, 300, shape, 43200, estimate_for, available=available)
+        memory.check_memory(est, 300, shape, 43200, estimate_for, available=available)
     msg = str(info.value)
     assert shape == (160, 272)
     assert msg.startswith("not enough memory: 300 frames at 272x160 working pixels need about")
@@ -215,14 +219,14 @@ def test_memory_check_refuses_with_suggestions_that_fit():
     assert 3 <= frames < 300 and budget < 43200
     assert estimate_for(frames, 43200).peak * 1.15 <= available < estimate_for(frames + 1, 43200).peak * 1.15
     assert estimate_for(300, budget).peak * 1.15 <= available
-    checks.check_memory(est, 300, shape, 43200, estimate_for, available=2 * est.peak)  # fits: no error
-    checks.check_memory(est, 300, shape, 43200, estimate_for, available=None)  # unknown on this system
+    memory.check_memory(est, 300, shape, 43200, estimate_for, available=2 * est.peak)  # fits: no error
+    memory.check_memory(est, 300, shape, 43200, estimate_for, available=None)  # unknown on this system
     with pytest.raises(InputError, match="free memory or use a machine with more"):
-        checks.check_memory(est, 300, shape, 43200, estimate_for, available=1e6)
+        memory.check_memory(est, 300, shape, 43200, estimate_for, available=1e6)
 
 
 def test_available_memory_is_plausible():
-    available = checks.available_memory()
+    available = memory.available_memory()
     total = next(int(l.split()[1]) * 1024 for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal"))
     assert available is not None and 0 < available <= total
 
@@ -230,8 +234,11 @@ def test_available_memory_is_plausible():
 MEASURE = r"""
 import json, sys
 import numpy as np
-from flowmap.optimize import OptimConfig, optimize
-from flowmap.types import Correspondences, Frames
+from flowmap.model.flowmap import VideoTensors
+from flowmap.optimize import OptimConfig, fit
+from flowmap.solve import solve
+from flowmap.frames import resize_images
+from flowmap.types import Correspondences
 
 def status(key):
     return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith(key))
@@ -239,7 +246,6 @@ def status(key):
 N, h, w, window = 20, 128, 160, 10
 rng = np.random.default_rng(0)
 images = rng.integers(0, 255, (N, 2 * h, 2 * w, 3), dtype=np.uint8)
-frames = Frames(images=images, names=[f"{i}.jpg" for i in range(N)], source=None, source_indices=list(range(N)))
 flow = (rng.normal(size=(N - 1, h, w, 2)) * 0.01).astype(np.float32)
 mask = rng.uniform(0.5, 1, size=(N - 1, h, w)).astype(np.float32)
 query = np.repeat(np.arange(0, N, 5), 35 * 35)
@@ -248,7 +254,9 @@ vis = np.abs(np.arange(N)[None] - query[:, None]) <= 20
 corr = Correspondences(flow, -flow, mask, mask.copy(), xy, vis, query)
 open("/proc/self/clear_refs", "w").write("5")  # reset the peak (VmHWM) to the current RSS
 before = status("VmRSS")
-optimize(frames, corr, OptimConfig(steps=2, window=window), device="cpu", progress=False)
+data = VideoTensors.from_numpy(resize_images(images, (h, w)), corr, "cpu")
+fitted = fit(data, OptimConfig(steps=2, window=window), (2 * h, 2 * w), progress=False)
+solve(fitted.model, data, fitted.focal_px)
 print(json.dumps({"extra": status("VmHWM") - before}))
 """
 
@@ -258,5 +266,5 @@ def test_memory_model_matches_a_measured_run():
     out = subprocess.run([sys.executable, "-c", MEASURE], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     measured = json.loads(out.stdout.strip().splitlines()[-1])["extra"]
-    predicted = checks.MemoryModel().optimisation(20, 128 * 160, 10)
+    predicted = memory.MemoryModel().optimisation(20, 128 * 160, 10)
     assert 0.75 < predicted / measured < 1.25, (predicted, measured)

@@ -11,14 +11,16 @@ from scipy.spatial.transform import Rotation
 
 from flowmap.errors import InputError
 from flowmap.evaluation import align_sim3, ate_paper, evaluate, evaluate_run, read_ground_truth
-from flowmap.outputs.files import write_intrinsics, write_poses
+from flowmap.layout import write_intrinsics, write_poses
+from conftest import SHARED_DATA, needs_data, require_data
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = SHARED_DATA
 FOX = DATA / "fox"
 
 
 @pytest.fixture(scope="module")
 def fox_gt() -> tuple[list[str], np.ndarray, dict]:
+    require_data("fox")
     return read_ground_truth(FOX)
 
 
@@ -180,6 +182,7 @@ def write_output(folder: Path, names: list[str], c2w: np.ndarray, intrinsics: di
     write_intrinsics(folder / "intrinsics.json", K, int(intrinsics["width"]), int(intrinsics["height"]), "test")
 
 
+@needs_data("fox")
 def test_evaluate_run_fox_against_itself():
     m = evaluate_run(FOX, FOX)
     assert m["ate_paper"] < 1e-9 and m["ate"] < 1e-9 and m["rpe_rot_deg"] < 1e-6
@@ -187,6 +190,7 @@ def test_evaluate_run_fox_against_itself():
     assert "note" not in m
 
 
+@needs_data("fox")
 def test_evaluate_run_perturbed_copy(fox_gt, tmp_path):
     names, c2w_gt, intr = fox_gt
     pos = c2w_gt[:, :3, 3]
@@ -211,6 +215,7 @@ def test_evaluate_run_perturbed_copy(fox_gt, tmp_path):
     assert m["ate"] > 0.005
 
 
+@needs_data("fox")
 def test_evaluate_run_matches_by_order_when_names_differ(fox_gt, tmp_path):
     names, c2w_gt, intr = fox_gt
     write_output(tmp_path / "out", [f"frame_{i:04d}.png" for i in range(len(names))], c2w_gt, intr)
@@ -221,6 +226,7 @@ def test_evaluate_run_matches_by_order_when_names_differ(fox_gt, tmp_path):
         evaluate_run(tmp_path / "out2", FOX)
 
 
+@needs_data("fox")
 def test_evaluate_run_bad_folders(tmp_path):
     with pytest.raises(InputError, match="does not exist"):
         evaluate_run(tmp_path / "missing", FOX)

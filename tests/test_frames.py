@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import flowmap.checks
+import flowmap.memory
 from flowmap.errors import InputError
 from flowmap.frames import FrameConfig, load_frames, rotate_display, to_rgb8, working_shape
 
@@ -300,7 +300,7 @@ def test_frames_that_would_not_fit_in_memory_are_refused_before_decoding(tmp_pat
     write_folder(tmp_path / "f", [textured(seed=i) for i in range(10)])
     video = write_video(tmp_path / "clip.mp4", [textured(seed=i) for i in range(10)])
     need = 10 * 32 * 48 * 3
-    monkeypatch.setattr(flowmap.checks, "available_memory", lambda: 1.5 * need)  # frames may use half
+    monkeypatch.setattr(flowmap.memory, "available_memory", lambda: 1.5 * need)  # frames may use half
     decoded = []
     monkeypatch.setattr("flowmap.frames.read_image", lambda p: decoded.append(p))
     with pytest.raises(InputError, match=r"decoding 10 frames of 48x32 pixels needs .* use --max-frames 7 or --stride 2"):
@@ -322,7 +322,7 @@ def test_frames_that_would_not_fit_in_memory_are_refused_before_decoding(tmp_pat
         load_frames(mkv, FrameConfig())
     # what the message suggests fits
     monkeypatch.undo()
-    monkeypatch.setattr(flowmap.checks, "available_memory", lambda: 1.5 * need)
+    monkeypatch.setattr(flowmap.memory, "available_memory", lambda: 1.5 * need)
     assert load_frames(tmp_path / "f", FrameConfig(max_frames=7)).n == 7
     assert load_frames(video, FrameConfig(stride=2)).n == 5
 

@@ -3,7 +3,7 @@
 Drives the CLI in-process with typer's CliRunner (so available memory, the optimiser or
 a writer can be monkeypatched) and, for a process killed mid-write, in a subprocess.
 Tiny inputs are written to tmp_path. Only one test runs the real optimiser (5 steps at
-48 x 64 pixels); the others stop before it or replace it with :func:`fake_optimize`,
+48 x 64 pixels); the others stop before it or replace it with :func:`fake_fit` / :func:`fake_solve`,
 which returns a well-formed reconstruction at once.
 """
 
@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -22,13 +23,13 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-import flowmap.api
-import flowmap.checks
+import flowmap.memory
 import flowmap.outputs
+import flowmap.pipeline
 from flowmap.cli import app
-from flowmap.frames import resize_images
 from flowmap.synthetic import make_scene
-from flowmap.types import Reconstruction
+from flowmap.optimize import Fit
+from flowmap.types import Solution
 
 FAST = ["--steps", "5", "--pixel-budget", "3072", "--quiet"]
 
@@ -77,23 +78,26 @@ def shifted(image: np.ndarray, dx: float) -> np.ndarray:
     return cv2.warpAffine(image, M, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
 
 
-def fake_optimize(frames, corr, cfg, focal_px=None, **kwargs) -> Reconstruction:
-    """Stand-in for flowmap.optimize.optimize: a camera sliding along x, depth 1, focal sqrt(HW)."""
-    n, (h, w), (H, W) = frames.n, corr.shape, (frames.height, frames.width)
+def fake_fit(data, cfg, image_size, focal_px=None, **kwargs) -> Fit:
+    """Stand-in for flowmap.optimize.fit: no model, focal sqrt(HW) (or ``cfg.fake_focal``)."""
+    H, W = image_size
     f = focal_px if focal_px is not None else float(getattr(cfg, "fake_focal", math.sqrt(H * W)))
+    return Fit(model=SimpleNamespace(image_size=tuple(image_size)), focal_px=f)
+
+
+def fake_solve(model, data, focal_px, *args, **kwargs) -> Solution:
+    """Stand-in for flowmap.solve.solve: a camera sliding along x, depth 1."""
+    (n, (h, w)), (H, W), f = (data.n, data.shape), model.image_size, focal_px
     c2w = np.tile(np.eye(4), (n, 1, 1))
     c2w[:, 0, 3] = 0.05 * np.arange(n)
     K = np.array([[f, 0, (W - 1) / 2], [0, f, (H - 1) / 2], [0, 0, 1]])
-    return Reconstruction(
-        c2w=c2w,
-        K=K,
-        depth=np.ones((n, h, w), np.float32),
-        weights=np.ones((n - 1, h, w), np.float32),
-        names=list(frames.names),
-        image_size=(H, W),
-        images=resize_images(frames.images, (h, w)),
-        losses={"flow": 0.0, "tracks": 0.0},
-    )
+    return Solution(c2w, K, np.ones((n, h, w), np.float32), np.ones((n - 1, h, w), np.float32), (H, W), {"flow": 0.0, "tracks": 0.0})
+
+
+def fake_stages(monkeypatch, fit=fake_fit) -> None:
+    """Replace the optimisation and the final solve of the pipeline by the fakes above."""
+    monkeypatch.setattr(flowmap.pipeline, "fit", fit)
+    monkeypatch.setattr(flowmap.pipeline, "solve", fake_solve)
 
 
 # ----------------------------------------------------------------------------- paths and files
@@ -208,6 +212,8 @@ def test_focal_that_is_not_a_number(tmp_path):
         (["--max-frames", "2"], "--max-frames must be at least 3"),
         (["--stride", "0"], "--stride must be 1 or more"),
         (["--pixel-budget", "0"], "--pixel-budget must be at least 256"),
+        (["--steps", "-3"], "--steps must be >= 0, got -3"),
+        (["--steps", "0"], "feed-forward mode (no optimisation), which needs a pretrained network; none is available yet"),
     ],
 )
 def test_frame_options_are_checked(tmp_path, moving, option, message):
@@ -287,11 +293,11 @@ def test_odd_formats_static_camera_and_dark_frame_end_in_warnings(tmp_path, base
 
 
 def test_focal_at_the_edge_is_a_warning(tmp_path, moving, monkeypatch):
-    def edge(frames, corr, cfg, focal_px=None, **kwargs):
-        cfg.fake_focal = cfg.focal.max_factor * math.sqrt(frames.height * frames.width)
-        return fake_optimize(frames, corr, cfg, focal_px, **kwargs)
+    def edge(data, cfg, image_size, focal_px=None, **kwargs):
+        cfg.fake_focal = cfg.focal.max_factor * math.sqrt(image_size[0] * image_size[1])
+        return fake_fit(data, cfg, image_size, focal_px, **kwargs)
 
-    monkeypatch.setattr(flowmap.api, "optimize", edge)
+    fake_stages(monkeypatch, edge)
     out = tmp_path / "OUT"
     result = run(moving, "-o", out, *FAST)
     assert result.exit_code == 0, (result.stderr, result.exception)
@@ -315,8 +321,8 @@ def test_run_too_large_for_the_memory_is_refused_before_any_work(tmp_path, base_
     def no_work(*args, **kwargs):
         raise AssertionError("correspondences computed although the memory check should refuse")
 
-    monkeypatch.setattr(flowmap.api, "load_or_compute", no_work)
-    monkeypatch.setattr(flowmap.checks, "available_memory", lambda: 4.0e8)
+    monkeypatch.setattr(flowmap.pipeline, "load_or_compute", no_work)
+    monkeypatch.setattr(flowmap.memory, "available_memory", lambda: 4.0e8)
     out = tmp_path / "OUT"
     line = assert_refused(
         run(folder, "-o", out), out, "not enough memory: 12 frames at 128x96 working pixels need about", "400.0 MB is available"
@@ -327,11 +333,11 @@ def test_run_too_large_for_the_memory_is_refused_before_any_work(tmp_path, base_
     for option in (["--max-frames", str(frames)], ["--pixel-budget", str(budget)]):
         result = run(folder, "-o", out, *option)
         assert isinstance(result.exception, AssertionError) and "correspondences computed" in str(result.exception)
-    monkeypatch.setattr(flowmap.checks, "available_memory", lambda: 3.0e5)  # the decoded frames alone do not fit
+    monkeypatch.setattr(flowmap.memory, "available_memory", lambda: 3.0e5)  # the decoded frames alone do not fit
     assert_refused(
         run(folder, "-o", out), out, "decoding 12 frames of 128x96 pixels needs 442 kB but only 300 kB", "--max-frames 4 or --stride 3"
     )
-    monkeypatch.setattr(flowmap.checks, "available_memory", lambda: 1.0e5)
+    monkeypatch.setattr(flowmap.memory, "available_memory", lambda: 1.0e5)
     assert_refused(run(folder, "-o", out), out, "needs 442 kB but only 100 kB", "free memory")
 
 
@@ -339,7 +345,7 @@ def test_run_too_large_for_the_memory_is_refused_before_any_work(tmp_path, base_
 
 
 def test_failed_write_leaves_no_out_and_keeps_an_old_one(tmp_path, moving, monkeypatch):
-    monkeypatch.setattr(flowmap.api, "optimize", fake_optimize)
+    fake_stages(monkeypatch)
     written = []
 
     def disk_full(rec, frames, directory, *args, **kwargs):
@@ -366,14 +372,15 @@ def test_failed_write_leaves_no_out_and_keeps_an_old_one(tmp_path, moving, monke
 KILL_MID_WRITE = r"""
 import os, signal, sys
 sys.path.insert(0, {tests!r})
-import flowmap.api, flowmap.outputs
+import flowmap.outputs, flowmap.pipeline
 from flowmap.cli import app
-from test_inputs import fake_optimize
+from test_inputs import fake_fit, fake_solve
 
 def die(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL)
 
-flowmap.api.optimize = fake_optimize
+flowmap.pipeline.fit = fake_fit
+flowmap.pipeline.solve = fake_solve
 flowmap.outputs.write_transforms = die
 app(["run", {source!r}, "-o", {out!r}, "--steps", "5", "--pixel-budget", "3072", "--quiet"])
 """
@@ -398,7 +405,7 @@ def test_sigterm_then_resume_matches_an_uninterrupted_run(tmp_path):
     import time as _time
 
     from flowmap.evaluation import ate_paper
-    from flowmap.outputs.files import read_poses
+    from flowmap.layout import read_poses
     from flowmap.synthetic import make_scene, write_sequence
 
     seq = write_sequence(make_scene(n_frames=8, height=64, width=96, seed=2), tmp_path / "seq")
@@ -426,3 +433,30 @@ def test_sigterm_then_resume_matches_an_uninterrupted_run(tmp_path):
     names_b, c2w_b = read_poses(out / "poses.txt")
     assert names_a == names_b
     assert ate_paper(c2w_b[:, :3, 3], c2w_a[:, :3, 3]) < 1e-4
+
+
+# ----------------------------------------------------------------------------- caches
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_unreadable_cache_with_resume_is_recomputed_with_a_warning(tmp_path, moving, monkeypatch, damage):
+    """A truncated or corrupt OUT.cache file is a cache miss under --resume: recomputed, a warning, no traceback."""
+    cache = tmp_path / "OUT.cache"
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(flowmap.pipeline, "fit", interrupted)  # stop after the correspondences are cached
+    out = tmp_path / "OUT"
+    assert run(moving, "-o", out, *FAST).exit_code == 130
+    (npz,) = cache.glob("correspondences-*.npz")
+    data = npz.read_bytes()
+    npz.write_bytes(data[: len(data) // 3] if damage == "truncated" else b"PK\x03\x04 not a zip file" * 20)
+    (cache / "checkpoint.pt").write_bytes(b"\x80\x04 not a checkpoint")
+    fake_stages(monkeypatch)
+    result = run(moving, "-o", out, *FAST, "--resume")
+    assert result.exit_code == 0, (result.stderr, result.exception)
+    assert "Traceback" not in result.stderr
+    assert any(l.startswith("warning: the cached correspondences correspondences-") and "recomputed" in l
+               for l in result.stderr.splitlines()), result.stderr
+    assert (out / "poses.txt").is_file() and not cache.exists()

@@ -24,12 +24,13 @@ from scipy.spatial.transform import Rotation
 from flowmap.errors import InputError
 from flowmap.outputs import OutputConfig, write_outputs
 from flowmap.outputs.colmap import write_colmap
-from flowmap.outputs.files import read_intrinsics, read_poses, write_intrinsics, write_poses
+from flowmap.layout import read_intrinsics, read_poses, write_intrinsics, write_poses
 from flowmap.outputs.nerfstudio import read_transforms_c2w
 from flowmap.outputs.ply import depth_point_cloud, write_ply
 from flowmap.types import Frames, Reconstruction
+from conftest import SHARED_DATA, needs_data, shared_sequences
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = SHARED_DATA
 Z_BACK, Z_FRONT, HALF = 4.0, 2.0, 0.35  # background plane, occluding square (|x|, |y| <= HALF)
 
 
@@ -135,6 +136,7 @@ def test_poses_round_trip(tmp_path):
     np.testing.assert_allclose(c2w2, c2w, atol=1e-6)
 
 
+@needs_data("fox")
 def test_intrinsics_round_trip(tmp_path):
     K = np.array([[512.25, 0, 319.75], [0, 510.5, 241.125], [0, 0, 1]])
     write_intrinsics(tmp_path / "intrinsics.json", K, 640, 480, "test")
@@ -143,7 +145,8 @@ def test_intrinsics_round_trip(tmp_path):
     np.testing.assert_allclose(d["K"], K, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in DATA.iterdir() if (p / "poses.txt").is_file()))
+@needs_data()
+@pytest.mark.parametrize("name", shared_sequences() or ["absent"])
 def test_reads_shared_data(name, tmp_path):
     names, c2w = read_poses(DATA / name / "poses.txt")
     n_images = len(list((DATA / name / "images").iterdir()))
@@ -532,6 +535,7 @@ def sphere_depth(c2w: np.ndarray, K: np.ndarray, h: int, w: int, centre: np.ndar
     return depth.astype(np.float32)
 
 
+@needs_data("fox")
 def test_fox_ground_truth_exports_a_loadable_model(tmp_path):
     names, c2w = read_poses(DATA / "fox" / "poses.txt")
     intr = read_intrinsics(DATA / "fox" / "intrinsics.json")

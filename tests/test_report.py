@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
 import cv2
@@ -9,15 +10,16 @@ import numpy as np
 import pytest
 
 from flowmap.errors import InputError
-from flowmap.evaluation import read_ground_truth
+from flowmap.evaluation import evaluate_reconstruction, read_ground_truth
 from flowmap.outputs import OutputConfig, write_outputs
-from flowmap.outputs.files import write_intrinsics, write_poses
+from flowmap.layout import write_intrinsics, write_poses
 from flowmap.outputs.ply import write_ply
-from flowmap.outputs.report import ground_truth_in_prediction_frame, view_axes, write_report
+from flowmap.outputs.report import _fmt, ground_truth_in_prediction_frame, view_axes, write_report
 from flowmap.outputs.viewer import build_scene
 from flowmap.types import Frames, Reconstruction
+from conftest import SHARED_DATA, needs_data, require_data
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = SHARED_DATA
 FOX = DATA / "fox"
 WORK_W, WORK_H = 90, 160  # fox is portrait, 360 x 640
 
@@ -25,6 +27,7 @@ WORK_W, WORK_H = 90, 160  # fox is portrait, 360 x 640
 def fox_reconstruction(scale: float = 0.3) -> Reconstruction:
     """A Reconstruction built from fox's ground truth (first frame = identity, scaled)
     with synthetic depth (plane plus gradient), random weights and a decreasing history."""
+    require_data("fox")
     names, c2w_gt, intr = read_ground_truth(FOX)
     c2w = np.linalg.inv(c2w_gt[0]) @ c2w_gt
     c2w[:, :3, 3] *= scale
@@ -58,6 +61,7 @@ def fox_rec() -> Reconstruction:
     return fox_reconstruction()
 
 
+@needs_data("fox")
 def test_report_files_with_ground_truth(fox_rec, tmp_path):
     html_path = write_report(fox_rec, tmp_path / "out", gt_dir=FOX)
     png_path = tmp_path / "out" / "report.png"
@@ -69,7 +73,15 @@ def test_report_files_with_ground_truth(fox_rec, tmp_path):
     text = html_path.read_text()
     assert "data:image/png;base64," in text and "ate_paper" in text
     assert "&lt;b&gt;escaped&lt;/b&gt;" in text  # warnings are escaped
-    assert not list((tmp_path / "out").glob(".*.tmp"))
+    # the numbers shown are the reconstruction's: metrics against the ground truth, losses, timings
+    metrics = evaluate_reconstruction(fox_rec, FOX)
+    for key in ("ate_paper", "focal_rel_error", "registration_rate"):
+        assert f"<td>{_fmt(metrics[key])}</td>" in text, key
+    for value in (*fox_rec.losses.values(), *fox_rec.timings.values()):
+        assert f"<td>{_fmt(value)}</td>" in text, value
+    embedded = base64.b64decode(text.split("data:image/png;base64,")[1].split('"')[0])
+    assert embedded == png_path.read_bytes()  # the page shows this run's figure
+    assert not list((tmp_path / "out").glob(".*.tmp-*"))
 
 
 def test_report_without_ground_truth_or_history(fox_rec, tmp_path):
@@ -87,6 +99,7 @@ def test_report_missing_ground_truth_folder(fox_rec, tmp_path):
         write_report(fox_rec, tmp_path, gt_dir=tmp_path / "nope")
 
 
+@needs_data("fox")
 def test_ground_truth_overlay_matches_prediction(fox_rec):
     # The test reconstruction is the ground truth up to a similarity, so the aligned
     # ground truth must coincide with it.
@@ -146,6 +159,7 @@ def test_build_scene_missing_folder(tmp_path):
         build_scene(tmp_path / "missing")
 
 
+@needs_data("fox")
 def test_build_scene_on_a_written_output_folder(fox_rec, tmp_path):
     # The folder written by the output stage (frames in images/, report on) is what the
     # viewer reads; the frames are given at the working resolution here to stay fast.

@@ -4,16 +4,16 @@ Implements FlowMap (Smith, Charatan, Tewari, Sitzmann, 3DV 2025). The public API
 :func:`reconstruct`, which returns a :class:`Reconstruction`.
 """
 
-from flowmap.types import Correspondences, Frames, Reconstruction
+from flowmap.types import Correspondences, Frames, Reconstruction, Solution
 
-__all__ = ["Correspondences", "Frames", "Reconstruction", "reconstruct"]
+__all__ = ["Correspondences", "Frames", "Reconstruction", "RunConfig", "Solution", "reconstruct"]
 __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
     # Imported lazily so that `import flowmap` stays cheap (torch is imported on use).
-    if name == "reconstruct":
-        from flowmap.api import reconstruct
+    if name in ("reconstruct", "RunConfig"):
+        from flowmap import pipeline
 
-        return reconstruct
+        return getattr(pipeline, name)
     raise AttributeError(name)

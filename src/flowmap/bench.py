@@ -39,10 +39,11 @@ import numpy as np
 
 from flowmap.baseline import ColmapConfig, global_mapper_available, list_images, run_colmap
 from flowmap.errors import InputError
+from flowmap.io import atomic_write
 from flowmap.outputs import OutputConfig
 
 if TYPE_CHECKING:
-    from flowmap.api import RunConfig
+    from flowmap.pipeline import RunConfig
 
 PROC_STATUS = Path("/proc/self/status")
 PROC_CLEAR_REFS = Path("/proc/self/clear_refs")
@@ -279,44 +280,33 @@ def _measured(fn: Callable[[], object], row: dict, log: Callable[[str], None], c
 def _run_flowmap(
     seq_dir: Path, name: str, out_dir: Path, config: RunConfig, output_config: OutputConfig | None, log: Callable
 ) -> tuple[dict, list[str] | None]:
-    """One flowmap run on ``seq_dir/images``: its row and the names of the frames it used.
+    """One flowmap run on ``seq_dir/images`` (:func:`flowmap.pipeline.run`): its row and
+    the names of the frames it used.
 
-    The measured part decodes the frames and reconstructs (:func:`flowmap.api.reconstruct`);
-    the outputs (``output_config``, report with the ground truth overlaid) are written
-    to ``out_dir`` afterwards, outside the measurement. ``output_config=None``: no outputs.
+    The outputs (``output_config``, report with the ground truth overlaid) are written to
+    ``out_dir``; ``output_config=None``: none. The row's ``time_s`` is the pipeline's
+    measured time up to the outputs (decoding, correspondences, optimisation, solve);
+    ``peak_mb`` is the peak over the whole run, outputs included.
     """
-    from flowmap.api import reconstruct
-    from flowmap.frames import load_frames
+    from flowmap.pipeline import run
 
     row = _new_row(name, "flowmap")
-
-    def run():
-        t0 = time.perf_counter()
-        frames = load_frames(seq_dir / "images", config.frames)
-        load_s = time.perf_counter() - t0
-        return frames, reconstruct(frames, config), load_s
-
-    result = _measured(run, row, log, cuda=_cuda_in_use(config))
+    if output_config is not None:
+        output_config = replace(output_config, gt_dir=seq_dir) if output_config.report else output_config
+    cfg = replace(config, outputs=output_config or config.outputs, overwrite=True, resume=False)
+    out = None if output_config is None else out_dir
+    result = _measured(lambda: run(seq_dir / "images", out, cfg), row, log, cuda=_cuda_in_use(config))
     if result is None:
         return row, None
-    frames, rec, load_s = result
+    rec = result.reconstruction
     row.update(
-        image_size=[frames.height, frames.width],
-        timings={**{k: _plain(v) for k, v in rec.timings.items()}, "frames_s": load_s},
-        warnings=list(rec.warnings),
+        time_s=rec.timings["time_s"],
+        image_size=[result.frames.height, result.frames.width],
+        timings={k: _plain(v) for k, v in result.timings.items()},
+        warnings=list(result.warnings),
+        outputs=None if out is None else str(out),
     )
     row.update(_evaluate(rec.names, rec.c2w, rec.K, rec.image_size, seq_dir))
-    if output_config is not None:
-        from flowmap.outputs import write_outputs
-
-        cfg = replace(output_config, gt_dir=seq_dir) if output_config.report else output_config
-        summary = {"source": str(seq_dir / "images"), "benchmark": {k: row[k] for k in ("time_s", "peak_mb")}}
-        try:
-            write_outputs(rec, frames, out_dir, cfg, summary=summary, overwrite=True)
-            row["outputs"] = str(out_dir)
-        except Exception as exc:  # noqa: BLE001  (saving is a convenience; the numbers stand)
-            row["warnings"].append(f"could not save flowmap outputs to {out_dir}: {_error_text(exc)}")
-            log(traceback.format_exc())
     return row, list(rec.names)
 
 
@@ -401,7 +391,7 @@ def run_bench(
         out_root: results folder: ``bench.json``, and per sequence ``<name>/flowmap``
             (flowmap's outputs, report with the ground truth overlaid) and
             ``<name>/colmap-<mapper>`` (COLMAP database and models).
-        config: flowmap's run settings (default :class:`flowmap.api.RunConfig` without
+        config: flowmap's run settings (default :class:`flowmap.pipeline.RunConfig` without
             progress bars and without a cache, so that the time is a cold run's).
         mappers: COLMAP mappers to run, "incremental" and/or "global"; "global" is
             skipped with a note when the installed pycolmap has no global mapper.
@@ -422,7 +412,7 @@ def run_bench(
     Raises:
         InputError: a folder is not a sequence, or an unknown mapper is asked for.
     """
-    from flowmap.api import RunConfig
+    from flowmap.pipeline import RunConfig
 
     seq_dirs = [Path(s) for s in seq_dirs]
     if not seq_dirs:
@@ -445,8 +435,8 @@ def run_bench(
         log(notes[-1])
         run_mappers.remove("global")
     if flowmap:  # load flowmap's modules (torch) before any memory measurement
-        importlib.import_module("flowmap.api")
-        importlib.import_module("flowmap.outputs")
+        for module in ("flowmap.pipeline", "flowmap.optimize", "flowmap.solve", "flowmap.correspondences.cache"):
+            importlib.import_module(module)
 
     out_root = Path(out_root)
     out_root.mkdir(parents=True, exist_ok=True)
@@ -505,9 +495,7 @@ def _machine() -> dict:
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(_plain(data), indent=2, default=str) + "\n")
-    tmp.replace(path)
+    atomic_write(path, json.dumps(_plain(data), indent=2, default=str) + "\n")
 
 
 # --------------------------------------------------------------------------- table

@@ -10,7 +10,6 @@ import json
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -54,22 +53,28 @@ def _guard(debug: bool):
 
 
 def _run_config(
-    max_frames: Optional[int],
-    stride: int,
-    pixel_budget: int,
-    focal: Optional[float],
-    steps: Optional[int],
-    device: str,
-    seed: int,
-    cache_dir: Optional[Path],
-    quiet: bool,
+    max_frames: Optional[int] = None,
+    stride: int = 1,
+    pixel_budget: int = 43200,
+    focal: Optional[float] = None,
+    steps: Optional[int] = None,
+    device: str = "auto",
+    seed: int = 0,
+    quiet: bool = False,
+    overwrite: bool = False,
+    resume: bool = False,
+    colmap_text: bool = False,
+    gt: Optional[Path] = None,
 ):
-    from flowmap.api import RunConfig
+    """The flags of ``run`` / ``demo`` / ``bench`` as a :class:`flowmap.pipeline.RunConfig`."""
+    from flowmap.pipeline import RunConfig
 
-    cfg = RunConfig(focal=focal, device=device, seed=seed, cache_dir=cache_dir, progress=not quiet)
+    cfg = RunConfig(focal=focal, device=device, seed=seed, progress=not quiet, overwrite=overwrite, resume=resume)
     cfg.frames.max_frames = max_frames
     cfg.frames.stride = stride
     cfg.frames.pixel_budget = pixel_budget
+    cfg.outputs.colmap_text = colmap_text
+    cfg.outputs.gt_dir = gt
     if steps is not None:
         cfg.optim.steps = steps
     return cfg
@@ -89,15 +94,6 @@ def _interrupt_on_sigterm() -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, handler)
-
-
-def _check_out_apart(source: Path, out: Path) -> None:
-    """Refuse an output folder that is, or contains, the input (``--overwrite`` would delete it)."""
-    from flowmap.errors import InputError
-
-    src, dst = source.resolve(), out.resolve()
-    if src == dst or dst in src.parents:
-        raise InputError(f"output folder {out} holds the input {source}; choose an output folder elsewhere")
 
 
 def _print_metrics(metrics: dict, as_json: bool) -> None:
@@ -131,55 +127,15 @@ def run(
 ):
     """Reconstruct cameras, intrinsics and depth; write them to OUT."""
     with _guard(debug):
-        from flowmap.api import reconstruct
-        from flowmap.checks import check_focal
-        from flowmap.frames import check_config, load_frames
-        from flowmap.outputs import OutputConfig, check_out_dir, write_outputs
+        from flowmap.pipeline import run as run_pipeline
 
-        # options and the output folder first: nothing is decoded for a run that cannot be written
-        check_focal(focal)
-        cfg = _run_config(max_frames, stride, pixel_budget, focal, steps, device, seed, None, quiet)
-        check_config(cfg.frames)
-        check_out_dir(out, overwrite)
-        _check_out_apart(source, out)
-        cache_dir = out.parent / f"{out.name}.cache"
-        if cache_dir.exists() and not resume:
-            shutil.rmtree(cache_dir)
-        cfg.cache_dir = cache_dir
+        cfg = _run_config(max_frames, stride, pixel_budget, focal, steps, device, seed, quiet, overwrite, resume, colmap_text, gt)
         _interrupt_on_sigterm()
-        t0 = time.perf_counter()
-        try:
-            frames = load_frames(source, cfg.frames)
-            rec = reconstruct(frames, cfg)
-        except FlowmapError:
-            if not resume:  # a user error leaves nothing behind; an interrupted run keeps its cache
-                shutil.rmtree(cache_dir, ignore_errors=True)
-            raise
-        rec.timings["frames_s"] = time.perf_counter() - t0 - sum(
-            v for k, v in rec.timings.items() if k in ("correspondences_s", "optimization_s")
-        )
-        rec.timings["time_s"] = time.perf_counter() - t0
-        summary = {"source": str(source), "command": " ".join(sys.argv)}
-        try:
-            write_outputs(rec, frames, out, OutputConfig(colmap_text=colmap_text, gt_dir=gt), summary=summary, overwrite=overwrite)
-        except OSError as exc:  # disk full, permissions: write_outputs has left no partial OUT
-            if debug or exc.errno is None:
-                raise
-            from flowmap.errors import InputError
-
-            raise InputError(
-                f"cannot write the outputs to {out}: {exc.strerror}; free space or choose another folder and run "
-                "again (--resume reuses the cached work)"
-            ) from None
-        shutil.rmtree(cache_dir, ignore_errors=True)
-        try:  # the run's warnings and the output stage's, as summary.json lists them
-            warnings = json.loads((out / "summary.json").read_text())["warnings"]
-        except (OSError, ValueError, KeyError):
-            warnings = rec.warnings
-        for warning in warnings:
+        result = run_pipeline(source, out, cfg, summary={"command": " ".join(sys.argv)})
+        for warning in result.warnings:
             print(f"warning: {warning}", file=sys.stderr)
-        f = rec.K[0, 0]
-        print(f"{rec.n} frames posed, focal {f:.1f} px, {rec.timings['time_s']:.0f} s -> {out}", file=sys.stderr)
+        rec = result.reconstruction
+        print(f"{rec.n} frames posed, focal {rec.K[0, 0]:.1f} px, {result.timings['total_s']:.0f} s -> {out}", file=sys.stderr)
         if gt is not None:
             from flowmap.evaluation import evaluate_run
 
@@ -211,22 +167,16 @@ def demo(
 ):
     """Render a synthetic scene with a known camera path, reconstruct it, print the errors."""
     with _guard(debug):
-        from flowmap.api import reconstruct
         from flowmap.evaluation import evaluate_run
-        from flowmap.frames import load_frames
-        from flowmap.outputs import OutputConfig, write_outputs
+        from flowmap.pipeline import run as run_pipeline
         from flowmap.synthetic import make_scene, write_sequence
 
         print("rendering a synthetic scene ...", file=sys.stderr)
         scene = make_scene(n_frames=frames)
         with tempfile.TemporaryDirectory() as tmp:
             seq = write_sequence(scene, Path(tmp) / "scene")
-            cfg = _run_config(None, 1, 43200, None, steps, "auto", 0, None, quiet)
-            t0 = time.perf_counter()
-            loaded = load_frames(seq / "images", cfg.frames)
-            rec = reconstruct(loaded, cfg)
-            rec.timings["time_s"] = time.perf_counter() - t0
-            write_outputs(rec, loaded, out, OutputConfig(), summary={"source": "synthetic demo"}, overwrite=overwrite)
+            cfg = _run_config(steps=steps, quiet=quiet, overwrite=overwrite)
+            run_pipeline(seq / "images", out, cfg, summary={"source": "synthetic demo"})
             gt_dir = out / "ground_truth"
             shutil.copytree(seq, gt_dir, ignore=shutil.ignore_patterns("images"))
         metrics = evaluate_run(out, gt_dir)
@@ -239,17 +189,25 @@ def bench(
     seq_dirs: list[Path] = typer.Argument(..., help="Sequence folders (images/, poses.txt, intrinsics.json)."),
     out: Path = typer.Option(Path("bench-out"), "-o", "--out", help="Results folder (bench.json)."),
     steps: Optional[int] = typer.Option(None, help="flowmap optimisation steps."),
+    device: str = typer.Option("auto", help="flowmap device: auto | cpu | cuda"),
     no_global: bool = typer.Option(False, help="Skip COLMAP's global mapper."),
     no_colmap: bool = typer.Option(False, help="Run flowmap only."),
+    no_flowmap: bool = typer.Option(False, help="Run COLMAP only."),
+    matcher: str = typer.Option("auto", help="COLMAP matcher: auto | sequential | exhaustive"),
+    colmap_threads: int = typer.Option(-1, help="CPU threads COLMAP may use (-1: all)."),
     debug: bool = typer.Option(False, help="Show tracebacks."),
 ):
     """Run flowmap and COLMAP on the same frames; print a table and write bench.json."""
     with _guard(debug):
+        from flowmap.baseline import ColmapConfig
         from flowmap.bench import run_bench
 
-        cfg = _run_config(None, 1, 43200, None, steps, "auto", 0, None, quiet=True)
+        cfg = _run_config(steps=steps, device=device, quiet=True)
         mappers = ("incremental",) if no_global else ("incremental", "global")
-        results = run_bench(seq_dirs, out, cfg, mappers=mappers, colmap=not no_colmap)
+        colmap_cfg = ColmapConfig(matcher=matcher, num_threads=colmap_threads)
+        results = run_bench(
+            seq_dirs, out, cfg, mappers=mappers, colmap=not no_colmap, colmap_config=colmap_cfg, flowmap=not no_flowmap
+        )
         print(results["table"])
         print(f"wrote {out / 'bench.json'} (all numbers) and flowmap's outputs under {out}/", file=sys.stderr)
 

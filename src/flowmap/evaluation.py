@@ -40,7 +40,7 @@ from scipy.spatial import procrustes
 from scipy.spatial.transform import Rotation
 
 from flowmap.errors import InputError
-from flowmap.outputs.files import read_intrinsics, read_poses
+from flowmap.layout import read_intrinsics, read_poses
 
 MIN_FRAMES_FOR_POSE_METRICS = 3
 

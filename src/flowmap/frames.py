@@ -24,16 +24,13 @@ import numpy as np
 
 from flowmap.errors import InputError
 from flowmap.types import Frames
+from flowmap.validate import MIN_FRAMES, check_frame_config
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 """File suffixes (lower case) read as images in a folder; other files are ignored."""
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp", ".ts", ".mts"})
 """Common video suffixes; any other non-image file is still tried with FFmpeg."""
-
-MIN_FRAMES = 3
-"""Fewest frames a reconstruction can use (two flow pairs)."""
-
 
 @dataclass
 class FrameConfig:
@@ -224,16 +221,6 @@ def select_indices(n: int, cfg: FrameConfig) -> list[int]:
     return kept if cfg.max_frames is None else kept[: cfg.max_frames]
 
 
-def check_config(cfg: FrameConfig) -> None:
-    """Raise :class:`InputError` for a stride, max_frames or pixel budget that cannot work."""
-    if cfg.stride < 1:
-        raise InputError(f"--stride must be 1 or more, got {cfg.stride}")
-    if cfg.max_frames is not None and cfg.max_frames < MIN_FRAMES:
-        raise InputError(f"--max-frames must be at least {MIN_FRAMES}, got {cfg.max_frames}")
-    if cfg.pixel_budget < 16 * 16:
-        raise InputError(f"--pixel-budget must be at least 256 pixels (16 x 16), got {cfg.pixel_budget}")
-
-
 def _check_same_size(sizes: list[tuple[int, int]], names: list[str], what: str = "frames") -> None:
     """Raise InputError naming the frames whose (height, width) differs from the most common one."""
     sizes = [tuple(size) for size in sizes]
@@ -278,7 +265,7 @@ def load_image_folder(folder: Path, cfg: FrameConfig) -> Frames:
             unreadable image, images of different sizes, or decoded frames that would
             not fit in the available memory.
     """
-    from flowmap.checks import check_frames_memory
+    from flowmap.memory import check_frames_memory
 
     files = list_images(folder)
     if not files:
@@ -350,7 +337,7 @@ def load_video(path: Path, cfg: FrameConfig) -> Frames:
     """
     import av
 
-    from flowmap.checks import check_frames_memory
+    from flowmap.memory import check_frames_memory
 
     images: list[np.ndarray] = []
     indices: list[int] = []
@@ -430,7 +417,7 @@ def load_frames(path: Path, cfg: FrameConfig) -> Frames:
             actionable line.
     """
     path = Path(path)
-    check_config(cfg)
+    check_frame_config(cfg)
     if not path.exists():
         raise InputError(f"{path} does not exist; give a video file or a folder of images")
     if path.is_dir():

@@ -8,12 +8,17 @@ under a Huber penalty. Errors are measured in normalised image coordinates.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 import torch.nn.functional as F
 
 from flowmap.geometry import invert_rigid, project, sample_image, transform, unproject
+from flowmap.model.poses import chain
+
+if TYPE_CHECKING:
+    from flowmap.model.flowmap import VideoTensors, WindowOutput
 
 
 @dataclass
@@ -122,3 +127,49 @@ def track_loss(
         total = total + (_huber(xy_hat - target, delta) * vis).sum()
         count = count + vis.sum()
     return total / (count + 1e-8)
+
+
+def window_losses(
+    out: WindowOutput,
+    data: VideoTensors,
+    start: int,
+    end: int,
+    pixels: Tensor | slice,
+    cfg: ObjectiveConfig,
+    use_tracks: bool,
+) -> dict[str, Tensor]:
+    """The weighted objective of one window of the model (METHOD.md 4).
+
+    Args:
+        out: the model's output for frames [start, end).
+        data: the video's tensors.
+        start, end: the window.
+        pixels: (P,) flattened pixel indices for the flow term, or ``slice(None)`` for all.
+        cfg: weights and Huber threshold.
+        use_tracks: add the track term (off during the first steps).
+
+    Returns:
+        ``{"flow": (), "loss": ()}`` (+ ``"tracks"``): the unweighted terms and the
+        weighted total ``flow_weight * flow + track_weight * tracks``.
+    """
+    s = slice(start, end - 1)
+    losses = {
+        "flow": flow_loss(
+            out.depth,
+            out.K,
+            out.T,
+            data.grid[pixels],
+            data.flow_fwd[s][:, pixels],
+            data.flow_bwd[s][:, pixels],
+            data.mask_fwd[s][:, pixels],
+            data.mask_bwd[s][:, pixels],
+            cfg.huber_delta,
+        )
+    }
+    loss = cfg.flow_weight * losses["flow"]
+    if use_tracks:
+        xy, vis, query = data.window_tracks(start, end)
+        losses["tracks"] = track_loss(out.depth, out.K, chain(out.T), xy, vis, query, cfg.huber_delta)
+        loss = loss + cfg.track_weight * losses["tracks"]
+    losses["loss"] = loss
+    return losses

@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +37,8 @@ from scipy.ndimage import map_coordinates
 from scipy.spatial.transform import Rotation
 
 from flowmap.errors import InputError
+from flowmap.io import atomic_dir
+from flowmap.layout import write_intrinsics, write_poses
 
 PATHS = ("orbit", "forward", "sideways")
 """Camera paths accepted by :func:`make_scene`."""
@@ -596,15 +596,11 @@ def write_sequence(scene: SyntheticScene, directory: Path | str) -> Path:
     Raises:
         InputError: ``directory`` exists and is not empty and not a synthetic sequence.
     """
-    from flowmap.outputs.files import write_intrinsics, write_poses
-
     directory = Path(directory)
     occupied = directory.exists() and (not directory.is_dir() or any(directory.iterdir()))
     if occupied and not _is_previous_sequence(directory):
         raise InputError(f"{directory} exists and is not a flowmap synthetic sequence; choose a new or empty folder")
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+    with atomic_dir(directory) as tmp:
         (tmp / "images").mkdir()
         for name, image in zip(scene.names, scene.images, strict=True):
             if not cv2.imwrite(str(tmp / "images" / name), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
@@ -612,14 +608,4 @@ def write_sequence(scene: SyntheticScene, directory: Path | str) -> Path:
         write_poses(tmp / "poses.txt", list(scene.names), scene.c2w)
         H, W = scene.images.shape[1:3]
         write_intrinsics(tmp / "intrinsics.json", scene.K, W, H, SOURCE)
-        old = None
-        if directory.exists():  # move the previous sequence aside, then swap in the new one
-            old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old.", dir=directory.parent))
-            directory.rename(old / directory.name)
-        tmp.rename(directory)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return directory

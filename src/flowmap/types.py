@@ -1,7 +1,7 @@
 """Typed values passed between pipeline stages.
 
-Frames -> Correspondences -> Reconstruction. Arrays at stage boundaries are NumPy;
-the model works in torch internally.
+Frames -> Correspondences -> Solution -> Reconstruction (see :func:`flowmap.pipeline.run`).
+Arrays at stage boundaries are NumPy; the model works in torch internally.
 
 Conventions used everywhere in flowmap:
 
@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from flowmap.camera import K_at
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,34 @@ class Frames:
 
 
 @dataclass(frozen=True)
+class Bridges:
+    """Frame pairs across cuts, with sparse matches (see :mod:`flowmap.correspondences.bridges`).
+
+    A cut is a consecutive pair (c, c+1) with almost no valid flow; its bridge is the
+    pair of frames a <= c < b that shares the most verified sparse matches.
+
+    Attributes:
+        pairs: (B, 3) int64 rows (cut, a, b).
+        xy: (B, K, 4) float32 normalised matches (x_a, y_a, x_b, y_b), zero-padded.
+        valid: (B, K) bool, True for real (not padding) matches.
+    """
+
+    pairs: np.ndarray
+    xy: np.ndarray
+    valid: np.ndarray
+
+    @staticmethod
+    def none(max_matches: int = 0) -> Bridges:
+        """No bridge (B = 0)."""
+        return Bridges(
+            np.zeros((0, 3), np.int64), np.zeros((0, max_matches, 4), np.float32), np.zeros((0, max_matches), bool)
+        )
+
+    def __len__(self) -> int:
+        return int(self.pairs.shape[0])
+
+
+@dataclass(frozen=True)
 class Correspondences:
     """Flow and tracks at the working resolution, all coordinates normalised [0, 1].
 
@@ -76,11 +106,7 @@ class Correspondences:
         tracks_visible: (M, N) bool, True where track m is visible and tracked in
             that frame.
         tracks_query: (M,) int64 frame index in which track m was seeded.
-        bridge_pairs: (B, 3) int64 rows (cut, a, b): the pair (cut, cut+1) has almost
-            no valid flow and frames a <= cut < b share sparse matches (see
-            :mod:`flowmap.correspondences.bridges`).
-        bridge_xy: (B, K, 4) float32 normalised matches (x_a, y_a, x_b, y_b).
-        bridge_valid: (B, K) bool, True for real (not padding) matches.
+        bridges: frame pairs across cuts and their sparse matches (:class:`Bridges`).
     """
 
     flow_fwd: np.ndarray
@@ -90,9 +116,7 @@ class Correspondences:
     tracks_xy: np.ndarray
     tracks_visible: np.ndarray
     tracks_query: np.ndarray
-    bridge_pairs: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), np.int64))
-    bridge_xy: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 4), np.float32))
-    bridge_valid: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), bool))
+    bridges: Bridges = field(default_factory=lambda: Bridges.none())
 
     @property
     def n_frames(self) -> int:
@@ -101,6 +125,35 @@ class Correspondences:
     @property
     def shape(self) -> tuple[int, int]:
         return int(self.flow_fwd.shape[1]), int(self.flow_fwd.shape[2])
+
+
+@dataclass(frozen=True)
+class Solution:
+    """The final solve over all frames (:func:`flowmap.solve.solve`): FlowMap's cameras.
+
+    Attributes:
+        c2w: (N, 4, 4) float64 camera-to-world, OpenCV axes, frame 0 = identity,
+            arbitrary global scale (the same as ``depth``), bridges over cuts applied.
+        K: (3, 3) float64 intrinsics in pixels of the input frames (OpenCV pixel
+            centres), shared by all frames.
+        depth: (N, h, w) float32 z-depth at the working resolution (far sides of
+            bridged cuts rescaled to the near side).
+        weights: (N-1, h, w) float32 correspondence weights of pair (i, i+1), on the
+            pixels of frame i+1.
+        image_size: (H, W) of the input frames (the pixels of ``K``).
+        losses: flow and track losses over the whole video at this solution.
+    """
+
+    c2w: np.ndarray
+    K: np.ndarray
+    depth: np.ndarray
+    weights: np.ndarray
+    image_size: tuple[int, int]
+    losses: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return int(self.c2w.shape[0])
 
 
 @dataclass(frozen=True)
@@ -147,15 +200,6 @@ class Reconstruction:
         return int(self.depth.shape[1]), int(self.depth.shape[2])
 
     def K_at(self, height: int, width: int) -> np.ndarray:
-        """Intrinsics (3, 3) rescaled to an image of ``height`` x ``width`` pixels.
-
-        Uses the pixel-centre convention: u' = (u + 0.5) * s - 0.5.
-        """
-        H, W = self.image_size
-        sx, sy = width / W, height / H
-        K = self.K.copy()
-        K[0, 0] *= sx
-        K[1, 1] *= sy
-        K[0, 2] = (K[0, 2] + 0.5) * sx - 0.5
-        K[1, 2] = (K[1, 2] + 0.5) * sy - 0.5
-        return K
+        """Intrinsics (3, 3) rescaled to an image of ``height`` x ``width`` pixels
+        (:func:`flowmap.camera.K_at`: pixel centres stay pixel centres)."""
+        return K_at(self.K, self.image_size, (height, width))

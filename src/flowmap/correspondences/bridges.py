@@ -9,8 +9,8 @@ frames 20 and 44 see the same side of the object and share ~190 SIFT inliers.
 This module finds such cuts (consecutive pairs where almost no flow is valid) and, for
 each, the pair of frames (a <= cut < b) that shares the most RANSAC-verified SIFT matches
 (Lowe, IJCV 2004; OpenCV ``findFundamentalMat`` with MAGSAC++). The optimiser then poses
-the frames after the cut through that bridge instead of through the broken pair (see
-:func:`flowmap.optimize.bridge_pose`). This is flowmap's addition to the method; the
+the frames after the cut through that bridge instead of through the broken pair (the
+final solve does it: :func:`flowmap.solve.bridge_pose`, :func:`flowmap.solve.apply_bridges`). This is flowmap's addition to the method; the
 paper assumes densely sampled video where the chain never breaks.
 """
 
@@ -21,7 +21,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from flowmap.camera import uv_to_xy
 from flowmap.correspondences.sift import ratio_matches, sift_features
+from flowmap.types import Bridges
 
 MAX_MATCHES = 512
 """Matches kept per bridge (the best by descriptor distance among the inliers)."""
@@ -70,9 +72,7 @@ def _match(da: np.ndarray, db: np.ndarray, ka: np.ndarray, kb: np.ndarray) -> tu
     return pa[keep], pb[keep]
 
 
-def find_bridges(
-    images: np.ndarray, mask_fwd: np.ndarray, mask_bwd: np.ndarray, cfg: BridgeConfig
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def find_bridges(images: np.ndarray, mask_fwd: np.ndarray, mask_bwd: np.ndarray, cfg: BridgeConfig) -> Bridges:
     """For every cut, the best-connected frame pair across it and its matches.
 
     Args:
@@ -81,12 +81,12 @@ def find_bridges(
         cfg: settings.
 
     Returns:
-        pairs: (B, 3) int64 rows (cut, a, b) with a <= cut < cut + 1 <= b.
-        xy: (B, MAX_MATCHES, 4) float32 normalised (x_a, y_a, x_b, y_b), zero-padded.
-        valid: (B, MAX_MATCHES) bool.
-        B = 0 when there is no cut or no bridge reaches ``min_inliers``.
+        :class:`~flowmap.types.Bridges`: pairs (B, 3) int64 rows (cut, a, b) with
+        a <= cut < cut + 1 <= b; xy (B, MAX_MATCHES, 4) float32 normalised
+        (x_a, y_a, x_b, y_b), zero-padded; valid (B, MAX_MATCHES) bool. B = 0 when there
+        is no cut or no bridge reaches ``min_inliers``.
     """
-    empty = (np.zeros((0, 3), np.int64), np.zeros((0, MAX_MATCHES, 4), np.float32), np.zeros((0, MAX_MATCHES), bool))
+    empty = Bridges.none(MAX_MATCHES)
     if not cfg.enabled:
         return empty
     cuts = find_cuts(mask_fwd, mask_bwd, cfg.cut_below)
@@ -121,9 +121,8 @@ def find_bridges(
             continue
         k = min(count, MAX_MATCHES)
         xy = np.zeros((MAX_MATCHES, 4), np.float32)
-        scale = np.array([w, h], np.float32)
-        xy[:k, :2] = (pa[:k] + 0.5) / scale
-        xy[:k, 2:] = (pb[:k] + 0.5) / scale
+        xy[:k, :2] = uv_to_xy(pa[:k], h, w)
+        xy[:k, 2:] = uv_to_xy(pb[:k], h, w)
         valid = np.zeros(MAX_MATCHES, bool)
         valid[:k] = True
         rows.append((cut, a, b))
@@ -131,4 +130,4 @@ def find_bridges(
         valids.append(valid)
     if not rows:
         return empty
-    return np.array(rows, np.int64), np.stack(xys), np.stack(valids)
+    return Bridges(np.array(rows, np.int64), np.stack(xys), np.stack(valids))

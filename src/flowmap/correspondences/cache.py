@@ -1,116 +1,97 @@
-"""Compute correspondences once per input and cache them on disk.
+"""On-disk cache of the correspondences, keyed by the frames and the CorrespondenceConfig.
 
-The cache key is a SHA-256 of the frames' bytes, the working resolution and the flow
-and track settings, so a changed input or setting never reuses stale correspondences.
-Files are written to a temporary name and renamed into place (no half-written cache).
+The key is a SHA-256 of the frames' bytes, the working resolution and every setting of
+:class:`~flowmap.correspondences.CorrespondenceConfig` (flow, tracks, bridges; thread
+counts excluded), so a changed input or setting never reuses stale correspondences.
+Files are written atomically (:func:`flowmap.io.atomic_write`). A cache file that cannot
+be read back (truncated, corrupt, from another version) is a cache miss: it is deleted,
+the correspondences are recomputed and a warning says so.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import time
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import numpy as np
 
-from flowmap.correspondences.bridges import BridgeConfig, find_bridges
-from flowmap.correspondences.flow import FlowConfig, compute_flows, flow_shape
-from flowmap.correspondences.tracks import TrackConfig, compute_tracks
-from flowmap.frames import resize_images
-from flowmap.types import Correspondences
+from flowmap.correspondences import CorrespondenceConfig, compute_correspondences
+from flowmap.io import atomic_write
+from flowmap.types import Bridges, Correspondences
 
-_FIELDS = (
-    "flow_fwd", "flow_bwd", "mask_fwd", "mask_bwd", "tracks_xy", "tracks_visible", "tracks_query",
-    "bridge_pairs", "bridge_xy", "bridge_valid",
-)
+CACHE_VERSION = 3
+"""Bumped when the cached fields or their meaning change."""
+
+_BRIDGE_PREFIX = "bridge_"
 
 
-def compute_correspondences(
-    images: np.ndarray,
-    shape: tuple[int, int],
-    flow_cfg: FlowConfig,
-    track_cfg: TrackConfig,
-    progress: bool = True,
-    timings: dict[str, float] | None = None,
-    bridge_cfg: BridgeConfig | None = None,
-) -> Correspondences:
-    """Flow both ways between neighbours (with masks) and point tracks (METHOD.md 2).
-
-    Args:
-        images: (N, H, W, 3) uint8 RGB frames at the input resolution, N >= 2.
-        shape: working resolution (h, w) of the optimisation.
-        flow_cfg, track_cfg: settings.
-        progress: show progress bars.
-        timings: if given, receives ``flow_s``, ``tracks_s`` and ``bridges_s``.
-        bridge_cfg: sparse bridges over cuts (default :class:`BridgeConfig`).
-
-    Returns:
-        :class:`Correspondences` at ``shape``, normalised coordinates.
-
-    Raises:
-        InputError: bad images or settings.
-    """
-    t0 = time.perf_counter()
-    # Flow, tracks and bridges all work at the flow resolution: resize once.
-    small = resize_images(images, flow_shape(shape, images.shape[1:3], flow_cfg.scale))
-    flow_fwd, flow_bwd, mask_fwd, mask_bwd = compute_flows(small, shape, flow_cfg, progress)
-    t1 = time.perf_counter()
-    xy, vis, query = compute_tracks(small, track_cfg, progress)
-    t2 = time.perf_counter()
-    bridges = find_bridges(small, mask_fwd, mask_bwd, bridge_cfg or BridgeConfig())
-    if timings is not None:
-        timings["flow_s"] = t1 - t0
-        timings["tracks_s"] = t2 - t1
-        timings["bridges_s"] = time.perf_counter() - t2
-    return Correspondences(flow_fwd, flow_bwd, mask_fwd, mask_bwd, xy, vis, query, *bridges)
-
-
-def cache_key(images: np.ndarray, shape: tuple[int, int], flow_cfg: FlowConfig, track_cfg: TrackConfig) -> str:
-    """Hex SHA-256 (first 16 characters) of the frames and every setting that matters."""
+def cache_key(images: np.ndarray, shape: tuple[int, int], cfg: CorrespondenceConfig) -> str:
+    """Hex SHA-256 (first 16 characters) of the frames, the working resolution and the settings."""
     h = hashlib.sha256()
     h.update(np.ascontiguousarray(images).tobytes())
     h.update(repr(images.shape).encode())
-    cfg = {"shape": list(shape), "flow": asdict(flow_cfg), "tracks": asdict(track_cfg)}
-    for c in (cfg["flow"], cfg["tracks"]):
-        c.pop("threads", None)
-    cfg["version"] = 2  # bumped when the cached fields change
-    h.update(json.dumps(cfg, sort_keys=True).encode())
+    settings = asdict(cfg)
+    for part in settings.values():
+        part.pop("threads", None)  # how many cores compute it does not change the result
+    blob = {"shape": list(shape), "settings": settings, "version": CACHE_VERSION}
+    h.update(json.dumps(blob, sort_keys=True).encode())
     return h.hexdigest()[:16]
+
+
+def _arrays(corr: Correspondences) -> dict[str, np.ndarray]:
+    out = {f.name: getattr(corr, f.name) for f in fields(corr) if f.name != "bridges"}
+    out.update({_BRIDGE_PREFIX + f.name: getattr(corr.bridges, f.name) for f in fields(Bridges)})
+    return out
+
+
+def _from_arrays(z) -> Correspondences:
+    bridges = Bridges(**{f.name: z[_BRIDGE_PREFIX + f.name] for f in fields(Bridges)})
+    names = [f.name for f in fields(Correspondences) if f.name != "bridges"]
+    return Correspondences(**{k: z[k] for k in names}, bridges=bridges)
 
 
 def load_or_compute(
     cache_dir: Path | None,
     images: np.ndarray,
     shape: tuple[int, int],
-    flow_cfg: FlowConfig,
-    track_cfg: TrackConfig,
+    cfg: CorrespondenceConfig,
     progress: bool = True,
     timings: dict[str, float] | None = None,
+    warnings: list[str] | None = None,
 ) -> Correspondences:
     """Correspondences from ``cache_dir`` when cached for these frames and settings, else computed.
 
-    With ``cache_dir`` None nothing is read or written. ``timings`` receives
-    ``flow_s``/``tracks_s`` when computed, or ``cache_hit`` = 1.0 when loaded.
+    Args:
+        cache_dir: the cache folder; None: nothing is read or written.
+        images: (N, H, W, 3) uint8 frames at the input resolution.
+        shape: working resolution (h, w).
+        cfg: the settings (part of the key).
+        progress: show progress bars while computing.
+        timings: receives ``flow_s``/``tracks_s``/``bridges_s`` when computed, or
+            ``cache_hit`` = 1.0 when loaded.
+        warnings: receives one line when a cache file was unreadable and recomputed.
+
+    Returns:
+        :class:`Correspondences` at ``shape``.
     """
     if cache_dir is None:
-        return compute_correspondences(images, shape, flow_cfg, track_cfg, progress, timings)
-    cache_dir = Path(cache_dir)
-    path = cache_dir / f"correspondences-{cache_key(images, shape, flow_cfg, track_cfg)}.npz"
+        return compute_correspondences(images, shape, cfg, progress, timings)
+    path = Path(cache_dir) / f"correspondences-{cache_key(images, shape, cfg)}.npz"
     if path.is_file():
         try:
-            with np.load(path) as z:
-                corr = Correspondences(**{k: z[k] for k in _FIELDS})
+            with np.load(path, allow_pickle=False) as z:
+                corr = _from_arrays(z)
+        except Exception as exc:  # noqa: BLE001  (truncated, corrupt or foreign: a miss, never trusted)
+            path.unlink(missing_ok=True)
+            if warnings is not None:
+                warnings.append(f"the cached correspondences {path.name} could not be read ({type(exc).__name__}); recomputed")
+        else:
             if timings is not None:
                 timings["cache_hit"] = 1.0
             return corr
-        except (OSError, ValueError, KeyError):
-            path.unlink(missing_ok=True)  # corrupt: recompute
-    corr = compute_correspondences(images, shape, flow_cfg, track_cfg, progress, timings)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}.npz")
-    np.savez(tmp, **{k: getattr(corr, k) for k in _FIELDS})
-    os.replace(tmp, path)
+    corr = compute_correspondences(images, shape, cfg, progress, timings)
+    arrays = _arrays(corr)
+    atomic_write(path, lambda tmp: np.savez(tmp, **arrays))
     return corr

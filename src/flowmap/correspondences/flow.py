@@ -19,7 +19,7 @@ computed at the flow resolution and area-averaged down, so the working-resolutio
 is a soft value in [0, 1].
 
 Backends are OpenCV estimators behind the small :class:`FlowBackend` protocol; choose one
-by name from :data:`FLOW_BACKENDS`. ``benchmarks/flow_backends.py`` measures them.
+by name from :data:`FLOW_BACKENDS`.
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ from tqdm import tqdm
 
 from flowmap.correspondences.sift import ratio_matches, sift_features
 from flowmap.errors import InputError
-from flowmap.frames import resize_images
 
 
 class FlowBackend(Protocol):
@@ -111,7 +110,7 @@ class FlowConfig:
 
     Attributes:
         backend: flow estimator, a key of :data:`FLOW_BACKENDS`. Default "dis" (OpenCV
-            DIS, medium preset), chosen from ``benchmarks/flow_backends.py`` on this
+            DIS, medium preset), chosen by measurement (a comparison script, since removed) on this
             2-core CPU at the flow resolution of the pipeline: on fox (544 x 320) DIS
             takes ~45 ms per flow vs ~1000 ms for DeepFlow (~4.5 s vs ~100 s for the
             98 flows of 50 frames), for a small gain from DeepFlow (median epipolar
@@ -120,8 +119,7 @@ class FlowConfig:
             the ground truth equally (median epipolar distance ~1.7 vs ~1.9 px, at the
             noise of the ground truth), and on wide-baseline castle-P30 DeepFlow
             passes the forward-backward check on more pixels whose flow is wrong
-            (epipolar distance ~20 px on passing pixels vs ~8 px for DIS). See the
-            README of the benchmark output for the full table.
+            (epipolar distance ~20 px on passing pixels vs ~8 px for DIS).
         scale: flow is computed at ``scale`` x the working resolution per side (2.0 =
             4x the pixel budget, METHOD.md 2), capped at the input size, then
             area-resized down.
@@ -155,17 +153,20 @@ def flow_shape(shape: tuple[int, int], image_shape: tuple[int, int], scale: floa
     """Resolution (h, w) at which flow and tracks are computed.
 
     ``scale`` x the working ``shape`` per side, capped per side at the input
-    ``image_shape`` (no point in estimating flow on enlarged frames), at least ``shape``.
+    ``image_shape`` (no point in estimating flow on enlarged frames), at least ``shape``;
+    ``scale`` > 0 (:func:`flowmap.validate.check_correspondence_config`).
     """
-    if not scale > 0:
-        raise InputError(f"flow scale must be positive, got {scale}")
     return tuple(  # type: ignore[return-value]
         int(max(s, min(round(s * scale), full))) for s, full in zip(shape, image_shape)
     )
 
 
-def pixel_grid(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """(H, W) float32 pixel-centre coordinates u (column) and v (row), OpenCV convention."""
+def pixel_uv(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """(H, W) float32 pixel coordinates u (column) and v (row) of every pixel centre.
+
+    OpenCV convention, the centre of column ``i`` at ``u = i`` (for ``cv2.remap``); the
+    normalised grid of the model is :func:`flowmap.geometry.pixel_grid`.
+    """
     u, v = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
     return u, v
 
@@ -180,14 +181,14 @@ def warp_by_flow(image: np.ndarray, flow_px: np.ndarray) -> np.ndarray:
     Returns:
         Array shaped like ``image`` (its channels) on the grid of ``flow_px``.
     """
-    u, v = pixel_grid(*flow_px.shape[:2])
+    u, v = pixel_uv(*flow_px.shape[:2])
     return cv2.remap(image, u + flow_px[..., 0], v + flow_px[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
 def inside_mask(flow_px: np.ndarray) -> np.ndarray:
     """(H, W) bool: the flow target lies inside the image [-0.5, W-0.5] x [-0.5, H-0.5]."""
     h, w = flow_px.shape[:2]
-    u, v = pixel_grid(h, w)
+    u, v = pixel_uv(h, w)
     tu, tv = u + flow_px[..., 0], v + flow_px[..., 1]
     return (tu >= -0.5) & (tu <= w - 0.5) & (tv >= -0.5) & (tv <= h - 0.5)
 
@@ -275,7 +276,7 @@ def prewarped_flow(backend: FlowBackend, src: np.ndarray, dst: np.ndarray, H: np
     h, w = src.shape[:2]
     warped = cv2.warpPerspective(dst, H, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
     residual = backend(src, warped)
-    u, v = pixel_grid(h, w)
+    u, v = pixel_uv(h, w)
     pts = np.stack([u + residual[..., 0], v + residual[..., 1]], axis=-1).reshape(-1, 1, 2)
     mapped = cv2.perspectiveTransform(pts.astype(np.float64), H).reshape(h, w, 2)
     return (mapped - np.stack([u, v], axis=-1)).astype(np.float32)
@@ -306,8 +307,9 @@ def compute_flows(
     """Forward and backward flow of consecutive frames with validity masks.
 
     Args:
-        images: (N, H, W, 3) uint8 RGB frames at the input resolution, N >= 2.
-        shape: working resolution (h, w).
+        images: (N, H, W, 3) uint8 RGB frames at the flow resolution (see
+            :func:`flow_shape`; the caller resizes), N >= 2.
+        shape: working resolution (h, w) the flow is area-resized to.
         cfg: backend and mask settings.
         progress: show a tqdm bar on stderr.
 
@@ -326,13 +328,12 @@ def compute_flows(
     if len(images) < 2:
         raise InputError(f"flow needs at least 2 frames, got {len(images)}")
     make_backend(cfg.backend)  # fail early on a bad name
-    small = resize_images(images, flow_shape(shape, images.shape[1:3], cfg.scale))
     threads = cfg.threads if cfg.threads > 0 else (os.cpu_count() or 1)
     n = len(images) - 1
     with ThreadPoolExecutor(max_workers=threads) as pool:
         results = list(
             tqdm(
-                pool.map(lambda i: _pair(small, i, shape, cfg), range(n)),
+                pool.map(lambda i: _pair(images, i, shape, cfg), range(n)),
                 total=n,
                 desc=f"flow ({cfg.backend})",
                 unit="pair",

@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from flowmap.camera import uv_to_xy
 from flowmap.errors import InputError
 
 
@@ -172,6 +173,6 @@ def compute_tracks(
     query = np.concatenate([np.full(len(r[0]), q, np.int64) for r, q in zip(results, queries)])
     keep = vis.sum(axis=1) >= 2
     xy, vis, query = xy[keep], vis[keep], query[keep]
-    xy = (xy + 0.5) / np.array([w, h], np.float32)
+    xy = uv_to_xy(xy, h, w)
     xy[~vis] = 0.0
     return xy.astype(np.float32), vis, query

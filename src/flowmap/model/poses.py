@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -127,94 +126,3 @@ def chain(T_prev_from_next: Tensor) -> Tensor:
     for T in T_prev_from_next:
         c2w.append(c2w[-1] @ T)
     return torch.stack(c2w)
-
-
-def bridge_pose(
-    xy_a: np.ndarray, xy_b: np.ndarray, depth_a: np.ndarray, depth_b: np.ndarray, K: np.ndarray, threshold_px: float, width: int
-) -> tuple[np.ndarray, float] | None:
-    """Relative pose T_{a <- b} of two non-consecutive frames from sparse matches.
-
-    The rotation and the direction of the translation come from the essential matrix
-    (OpenCV ``findEssentialMat`` with RANSAC, then ``recoverPose``'s cheirality test)
-    on the matches' camera rays; the length of the translation from the predicted
-    depths, so that it is in the network's units like every other relative pose: the
-    inliers are triangulated (``cv2.triangulatePoints``) with a unit translation and
-    the translation is scaled by the median ratio of the predicted depth in frame a
-    to the triangulated one.
-
-    Args:
-        xy_a, xy_b: (K, 2) normalised matched positions in frames a and b.
-        depth_a, depth_b: (K,) predicted z-depths there.
-        K: (3, 3) normalised intrinsics.
-        threshold_px: RANSAC threshold in pixels of an image ``width`` wide.
-        width: width in pixels the threshold refers to.
-
-    Returns:
-        T_ab: (4, 4) float64 T_{a <- b} (maps camera-b points to camera a) in the
-            units of frame a's depth;
-        depth_ratio: how much larger frame b's predicted depths are than frame a's
-            units (the same triangulation scaled by frame b's depths). Frames on the
-            two sides of a cut are not tied by any loss, so the network may give them
-            different scales (1.45 on fox); the caller rescales the far side.
-        or None when fewer than 15 matches survive.
-    """
-    import cv2
-
-    def rays(xy: np.ndarray) -> np.ndarray:
-        return np.stack([(xy[:, 0] - K[0, 2]) / K[0, 0], (xy[:, 1] - K[1, 2]) / K[1, 1]], axis=1).astype(np.float64)
-
-    ra, rb = rays(xy_a), rays(xy_b)
-    if len(ra) < 15:
-        return None
-    thr = threshold_px / (K[0, 0] * width)
-    E, inliers = cv2.findEssentialMat(rb, ra, np.eye(3), cv2.RANSAC, 0.999, thr)
-    if E is None or E.shape != (3, 3) or inliers is None or int(inliers.sum()) < 15:
-        return None
-    count, R, t, mask = cv2.recoverPose(E, rb, ra, np.eye(3), mask=inliers.copy())
-    keep = mask.ravel() > 0
-    if count < 15 or keep.sum() < 15:
-        return None
-    # Triangulate the inliers with the unit-length translation, then scale so that their
-    # depths in frame a agree (median ratio) with the network's depths there.
-    t = t.ravel() / np.linalg.norm(t)
-    P_b = np.hstack([np.eye(3), np.zeros((3, 1))])
-    P_a = np.hstack([R, t[:, None]])
-    X_h = cv2.triangulatePoints(P_b, P_a, rb[keep].T, ra[keep].T)
-    X_b = (X_h[:3] / X_h[3]).T
-    z_a = (X_b @ R.T + t)[:, 2]
-    ok = (X_b[:, 2] > 0) & (z_a > 0)
-    if ok.sum() < 15:
-        return None
-    scale = float(np.median(depth_a[keep][ok] / z_a[ok]))
-    scale_b = float(np.median(depth_b[keep][ok] / X_b[ok, 2]))
-    T = np.eye(4)
-    T[:3, :3] = R
-    T[:3, 3] = scale * t
-    return T, scale_b / scale
-
-
-def apply_bridges(T: np.ndarray, cuts_and_poses: list[tuple[int, int, int, np.ndarray]]) -> np.ndarray:
-    """Replace the relative pose of each cut pair so the chain passes through its bridge.
-
-    With P(i, j) = T_i ... T_{j-1} = T_{i <- j}, a bridge T_{a <- b} over the cut c
-    (a <= c < b) sets T_c = P(a, c)^-1 T_{a <- b} P(c+1, b)^-1, so that chaining gives
-    c2w_b = c2w_a T_{a <- b} while every other consecutive pose is unchanged.
-
-    Args:
-        T: (N-1, 4, 4) float64 T_{i <- i+1}.
-        cuts_and_poses: (c, a, b, T_{a <- b}) per bridge.
-
-    Returns:
-        (N-1, 4, 4) a modified copy.
-    """
-    T = T.copy()
-
-    def product(i: int, j: int) -> np.ndarray:
-        P = np.eye(4)
-        for k in range(i, j):
-            P = P @ T[k]
-        return P
-
-    for c, a, b, T_ab in cuts_and_poses:
-        T[c] = np.linalg.inv(product(a, c)) @ T_ab @ np.linalg.inv(product(c + 1, b))
-    return T

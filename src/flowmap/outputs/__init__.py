@@ -13,26 +13,26 @@
     OUT/report...             written by flowmap.outputs.report when cfg.report
 
 Nothing is half-written: all files go to a temporary sibling ``OUT.tmp-<pid>`` that is
-renamed into place once complete; an existing OUT is replaced only then.
+renamed into place once complete; an existing OUT is replaced only then
+(:func:`flowmap.io.atomic_dir`).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from flowmap.errors import InputError
+from flowmap.io import atomic_dir, atomic_write
 from flowmap.outputs.colmap import write_colmap, write_images
-from flowmap.outputs.files import write_intrinsics, write_poses
+from flowmap.layout import write_intrinsics, write_poses
 from flowmap.outputs.nerfstudio import NERFSTUDIO_DEFAULT_DEPTH_UNIT, write_transforms
 from flowmap.outputs.ply import depth_point_cloud, write_ply
 from flowmap.types import Frames, Reconstruction
+from flowmap.validate import check_out_dir
 
 __all__ = ["OutputConfig", "write_outputs"]
 
@@ -83,6 +83,7 @@ def write_outputs(
     cfg: OutputConfig,
     summary: dict | None = None,
     overwrite: bool = False,
+    warnings: list[str] | None = None,
 ) -> Path:
     """Write every output of a run into ``out_dir``, atomically.
 
@@ -98,6 +99,7 @@ def write_outputs(
             stage; the output time is added to it.
         overwrite: replace an existing non-empty ``out_dir`` (only once the new one is
             complete).
+        warnings: receives the output stage's warnings (also in ``summary.json``).
 
     Returns:
         ``out_dir``.
@@ -115,27 +117,13 @@ def write_outputs(
         from flowmap.evaluation import read_ground_truth
 
         read_ground_truth(Path(cfg.gt_dir))
-    tmp = out_dir.parent / f"{out_dir.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_dir(out_dir) as tmp:
         extra = write_contents(rec, frames, tmp, cfg)
         timings = {**rec.timings, "outputs_s": time.perf_counter() - t0}
         write_summary(tmp / "summary.json", rec, frames, cfg, extra, timings, summary or {})
-        replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    if warnings is not None:
+        warnings.extend(w for w in extra["warnings"] if w not in warnings)
     return out_dir
-
-
-def check_out_dir(out_dir: Path, overwrite: bool) -> None:
-    """Refuse an output path that is a file, or a non-empty folder without ``overwrite``."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(f"output path {out_dir} is a file; give a folder path")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise InputError(f"output folder {out_dir} exists and is not empty; choose another or pass --overwrite")
 
 
 def check_consistent(rec: Reconstruction, frames: Frames) -> None:
@@ -255,7 +243,7 @@ def write_summary(
     timings = {**timings, **info["timings"]}
     # rec.timings holds nested stages (correspondences_s = flow_s + tracks_s, ...): use the
     # run's total when the caller measured it, else the sum of the top-level stages.
-    top_level = ("frames_s", "correspondences_s", "optimization_s")
+    top_level = ("frames_s", "correspondences_s", "optimization_s")  # optimization_s holds final_solve_s
     time_before = extra.get("time_s", rec.timings.get("time_s", sum(rec.timings.get(k, 0.0) for k in top_level)))
     derived = {
         "n_frames": rec.n,
@@ -276,7 +264,7 @@ def write_summary(
         "outputs": {k: v for k, v in info.items() if k not in ("warnings", "timings")},
     }
     merged = merge(derived, {k: v for k, v in extra.items() if k != "time_s"})
-    path.write_text(json.dumps(merged, indent=2, default=to_json) + "\n")
+    atomic_write(path, json.dumps(merged, indent=2, default=to_json) + "\n")
 
 
 def merge(base: dict, update: dict) -> dict:
@@ -299,21 +287,3 @@ def to_json(value):
     if isinstance(value, np.generic):
         return value.item()
     return str(value)
-
-
-def replace_dir(new: Path, target: Path) -> None:
-    """Move the complete folder ``new`` to ``target``; an existing ``target`` is removed last."""
-    old = None
-    if target.exists():
-        old = target.parent / f"{target.name}.old-{os.getpid()}"
-        if old.exists():
-            shutil.rmtree(old)
-        target.rename(old)
-    try:
-        new.rename(target)
-    except BaseException:
-        if old is not None:
-            old.rename(target)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

@@ -27,7 +27,8 @@ import numpy as np
 import pycolmap
 from scipy.spatial.transform import Rotation
 
-from flowmap.outputs.ply import depth_agreement, depth_point_cloud, project_points
+from flowmap.camera import corner_uv, project_points, to_corner_origin
+from flowmap.outputs.ply import depth_agreement, depth_point_cloud
 from flowmap.types import Frames, Reconstruction
 
 CAMERA_ID = 1
@@ -97,7 +98,8 @@ def colmap_camera(K: np.ndarray, width: int, height: int) -> pycolmap.Camera:
     Args:
         K: (3, 3) intrinsics in pixels of a ``width`` x ``height`` image, OpenCV centres.
     """
-    params = [K[0, 0], K[1, 1], K[0, 2] + 0.5, K[1, 2] + 0.5]
+    Kc = to_corner_origin(K)
+    params = [Kc[0, 0], Kc[1, 1], Kc[0, 2], Kc[1, 2]]
     return pycolmap.Camera(camera_id=CAMERA_ID, model="PINHOLE", width=int(width), height=int(height), params=params)
 
 
@@ -132,7 +134,7 @@ def observations(
         _, agrees = depth_agreement(xyz, K_work, rec.c2w[i], np.asarray(rec.depth[i]), rel_tol)
         idx = np.flatnonzero(agrees)
         uv, _ = project_points(xyz[idx], K_out, rec.c2w[i])
-        xy = uv + 0.5
+        xy = corner_uv(uv)
         inside = (xy[:, 0] >= 0) & (xy[:, 0] < W) & (xy[:, 1] >= 0) & (xy[:, 1] < H)
         result.append((idx[inside], xy[inside]))
     return result

@@ -24,6 +24,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from flowmap.camera import to_corner_origin
 from flowmap.errors import InputError
 from flowmap.types import Frames, Reconstruction
 
@@ -93,13 +94,13 @@ def write_transforms(
         raise ValueError(f"frames ({frames.n}) and reconstruction ({rec.n}) must hold the same named frames")
     directory = Path(directory)
     H, W = frames.height, frames.width
-    K = rec.K_at(H, W)
+    K = to_corner_origin(rec.K_at(H, W))  # corner origin, see the module docstring
     meta: dict = {
         "camera_model": "PINHOLE",
         "fl_x": float(K[0, 0]),
         "fl_y": float(K[1, 1]),
-        "cx": float(K[0, 2] + 0.5),  # corner origin, see the module docstring
-        "cy": float(K[1, 2] + 0.5),
+        "cx": float(K[0, 2]),
+        "cy": float(K[1, 2]),
         "w": int(W),
         "h": int(H),
     }

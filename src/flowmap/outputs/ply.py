@@ -3,11 +3,8 @@
 Conventions (see :mod:`flowmap.types`): OpenCV camera axes, ``c2w`` camera-to-world,
 z-depth, pixel coordinates with the centre of pixel column ``i`` at ``u = i``.
 
-Pinhole model used here, in pixels of the depth maps (working resolution, K from
-``Reconstruction.K_at(h, w)``):
-
-    unproject:  X_cam = depth(v, u) * K^-1 [u, v, 1]^T,   X_world = R_c2w X_cam + t_c2w
-    project:    X_cam = R_c2w^T (X_world - t_c2w),       [u, v] = (K X_cam)[:2] / z
+The pinhole model (:mod:`flowmap.camera`) is used in pixels of the depth maps (working
+resolution, K from ``Reconstruction.K_at(h, w)``).
 """
 
 from __future__ import annotations
@@ -17,46 +14,8 @@ from pathlib import Path
 import numpy as np
 from plyfile import PlyData, PlyElement
 
+from flowmap.camera import project_points, unproject_pixels
 from flowmap.types import Reconstruction
-
-
-def unproject_pixels(u: np.ndarray, v: np.ndarray, depth: np.ndarray, K: np.ndarray, c2w: np.ndarray) -> np.ndarray:
-    """World points of pixels with known z-depth.
-
-    Args:
-        u, v: (P,) pixel coordinates (OpenCV pixel centres).
-        depth: (P,) z-depth of those pixels.
-        K: (3, 3) intrinsics in the same pixels.
-        c2w: (4, 4) camera-to-world, OpenCV axes.
-
-    Returns:
-        (P, 3) float64 world points.
-    """
-    x = (np.asarray(u, np.float64) - K[0, 2]) / K[0, 0]
-    y = (np.asarray(v, np.float64) - K[1, 2]) / K[1, 1]
-    z = np.asarray(depth, np.float64)
-    cam = np.stack([x * z, y * z, z], axis=-1)
-    return cam @ c2w[:3, :3].T + c2w[:3, 3]
-
-
-def project_points(xyz: np.ndarray, K: np.ndarray, c2w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Project world points into a camera.
-
-    Args:
-        xyz: (P, 3) world points.
-        K: (3, 3) intrinsics in pixels (OpenCV pixel centres).
-        c2w: (4, 4) camera-to-world, OpenCV axes.
-
-    Returns:
-        uv: (P, 2) pixel coordinates (NaN where z <= 0).
-        z: (P,) z-depth in the camera (<= 0 behind it).
-    """
-    cam = (np.asarray(xyz, np.float64) - c2w[:3, 3]) @ c2w[:3, :3]
-    z = cam[:, 2]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        uv = np.stack([K[0, 0] * cam[:, 0] / z + K[0, 2], K[1, 1] * cam[:, 1] / z + K[1, 2]], axis=-1)
-    uv[z <= 0] = np.nan
-    return uv, z
 
 
 def depth_agreement(

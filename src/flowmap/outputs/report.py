@@ -24,7 +24,6 @@ import base64
 import html
 import io
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +33,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from flowmap.evaluation import align_sim3, evaluate_reconstruction, match_frames, read_ground_truth
+from flowmap.io import atomic_write
 from flowmap.types import Reconstruction
 
 N_STRIP_FRAMES = 6
@@ -71,9 +71,9 @@ def write_report(rec: Reconstruction, out_dir: Path, gt_dir: Path | None = None)
     fig.savefig(buffer, format="png", dpi=DPI)
     png = buffer.getvalue()
 
-    _write_atomic(out_dir / "report.png", png)
+    atomic_write(out_dir / "report.png", png)
     html_path = out_dir / "report.html"
-    _write_atomic(html_path, report_html(rec, png, metrics).encode("utf-8"))
+    atomic_write(html_path, report_html(rec, png, metrics).encode("utf-8"))
     return html_path
 
 
@@ -366,10 +366,3 @@ img {{ max-width: 100%; }}
 <details><summary>settings</summary><pre>{settings}</pre></details>
 </body></html>
 """
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write bytes to a temporary sibling, then rename over ``path``."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)

@@ -21,7 +21,7 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from flowmap.errors import InputError
-from flowmap.outputs.files import read_intrinsics, read_poses
+from flowmap.layout import read_intrinsics, read_poses
 
 MAX_POINTS = 300_000
 THUMBNAIL_WIDTH = 160

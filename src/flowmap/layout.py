@@ -1,4 +1,4 @@
-"""Plain-text camera files: ``poses.txt`` and ``intrinsics.json``.
+"""The shared camera layout: ``poses.txt`` and ``intrinsics.json``, read and written.
 
 The layout is the one of the test sequences in ``shared/data`` (see its README):
 
@@ -21,6 +21,7 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from flowmap.errors import InputError
+from flowmap.io import atomic_write
 
 POSES_HEADER = "# image tx ty tz qx qy qz qw (camera-to-world, OpenCV axes)"
 INTRINSICS_KEYS = ("width", "height", "fx", "fy", "cx", "cy")
@@ -50,7 +51,7 @@ def write_poses(path: Path, names: list[str], c2w: np.ndarray) -> None:
     for name, T, q in zip(names, c2w, quats):
         t = T[:3, 3]
         lines.append(f"{name} " + " ".join(f"{v:.9f}" for v in (*t, *q)))
-    Path(path).write_text("\n".join(lines) + "\n")
+    atomic_write(path, "\n".join(lines) + "\n")
 
 
 def read_poses(path: Path) -> tuple[list[str], np.ndarray]:
@@ -121,7 +122,7 @@ def write_intrinsics(path: Path, K: np.ndarray, width: int, height: int, source:
         "cy": float(K[1, 2]),
         "source": str(source),
     }
-    Path(path).write_text(json.dumps(data, indent=2) + "\n")
+    atomic_write(path, json.dumps(data, indent=2) + "\n")
 
 
 def read_intrinsics(path: Path) -> dict:

@@ -1,0 +1,250 @@
+"""The one orchestration of a flowmap run: ``run(source, out, config) -> RunResult``.
+
+Stages, in order, each a typed value in and out (see :mod:`flowmap.types`)::
+
+    validate   every option and path (flowmap.validate), before any work
+    frames     video / image folder -> Frames (flowmap.frames)
+    memory     refuse a run that would not fit (flowmap.memory)
+    correspondences   Frames -> Correspondences, cached in OUT.cache/ (flowmap.correspondences)
+    checks     degenerate-content warnings (flowmap.checks)
+    optimize   fit the model to the correspondences (flowmap.optimize)
+    solve      the model on all frames -> Solution (flowmap.solve)
+    outputs    Reconstruction -> files in OUT (flowmap.outputs), when OUT is given
+
+Every stage's wall time is measured where it runs (``timings``: ``frames_s``,
+``correspondences_s`` with ``flow_s`` / ``tracks_s`` / ``bridges_s`` inside,
+``optimization_s`` with ``optimize_loop_s`` and ``final_solve_s`` inside, ``time_s``
+up to the outputs, then ``outputs_s`` and ``total_s``). ``flowmap run``, ``flowmap demo``,
+``flowmap bench`` and :func:`flowmap.reconstruct` all call :func:`run`.
+
+Cache lifecycle (with OUT): correspondences and checkpoints live in ``OUT.cache/`` beside
+OUT. Without ``resume`` an old cache is removed first; a user error removes the cache
+(nothing is left behind), an interruption keeps it (``--resume`` continues); a complete
+run removes it after the outputs are written.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from flowmap import checks
+from flowmap.correspondences import CorrespondenceConfig
+from flowmap.correspondences.cache import load_or_compute
+from flowmap.errors import FlowmapError, InputError
+from flowmap.frames import FrameConfig, load_frames, resize_images, working_shape
+from flowmap.memory import MemoryConfig, check_run_memory
+from flowmap.model.flowmap import VideoTensors
+from flowmap.optimize import OptimConfig, fit
+from flowmap.outputs import OutputConfig, write_outputs
+from flowmap.solve import solve
+from flowmap.types import Frames, Reconstruction, Solution
+from flowmap.validate import validate_run
+
+
+@dataclass
+class RunConfig:
+    """Everything a run depends on; defaults are METHOD.md's unless the README says why.
+
+    Attributes:
+        frames: frame selection and working resolution.
+        correspondences: flow, tracks and bridges (also the cache key).
+        optim: model, objective and optimisation schedule.
+        focal: known focal length in pixels of the input frames (skips the search).
+        device: "auto" (CUDA when available), "cpu" or "cuda".
+        seed: random seed of the network initialisation and the sampling.
+        progress: show progress bars on stderr.
+        checks: thresholds of the degenerate-content warnings.
+        memory: the refuse-before-work memory check.
+        outputs: what is written to OUT (when a run has one).
+        overwrite: replace a non-empty OUT (only once the new one is complete).
+        resume: continue from the cache of an interrupted run with the same settings.
+    """
+
+    frames: FrameConfig = field(default_factory=FrameConfig)
+    correspondences: CorrespondenceConfig = field(default_factory=CorrespondenceConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    focal: float | None = None
+    device: str = "auto"
+    seed: int = 0
+    progress: bool = True
+    checks: checks.CheckConfig = field(default_factory=checks.CheckConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    outputs: OutputConfig = field(default_factory=OutputConfig)
+    overwrite: bool = False
+    resume: bool = False
+
+    def to_dict(self) -> dict:
+        """The settings as plain data (paths as text), as ``summary.json`` lists them."""
+        d = asdict(self)
+        gt = d["outputs"].get("gt_dir")
+        d["outputs"]["gt_dir"] = None if gt is None else str(gt)
+        return d
+
+
+@dataclass
+class RunResult:
+    """What a run produced.
+
+    Attributes:
+        reconstruction: cameras, depth, weights, losses, history, timings, warnings.
+        frames: the decoded input frames (input resolution).
+        out: the output folder, None when nothing was written.
+        timings: seconds per stage, measured (``reconstruction.timings`` plus
+            ``outputs_s`` and ``total_s`` when written).
+        warnings: the run's warnings and the output stage's.
+    """
+
+    reconstruction: Reconstruction
+    frames: Frames
+    out: Path | None
+    timings: dict[str, float]
+    warnings: list[str]
+
+
+def cache_dir_for(out: Path) -> Path:
+    """The cache folder of a run writing to ``out``: ``OUT.cache`` beside it."""
+    return out.parent / f"{out.name}.cache"
+
+
+def run(source: str | Path | Frames, out: Path | None = None, config: RunConfig | None = None, summary: dict | None = None) -> RunResult:
+    """Reconstruct cameras, intrinsics and depth from a video, image folder or decoded frames.
+
+    Args:
+        source: a video file, a folder of images, or already decoded :class:`Frames`.
+        out: the output folder (written atomically); None: nothing is written and
+            nothing is cached.
+        config: run settings (default :class:`RunConfig`).
+        summary: extra entries for ``summary.json`` (e.g. the command line).
+
+    Returns:
+        :class:`RunResult`.
+
+    Raises:
+        InputError: an option or path is invalid, the source cannot be read, the run
+            would need more memory than is available, or the outputs cannot be
+            written (disk full, permissions).
+        DegenerateInputError: the frames are (nearly) identical.
+        NumericalError: the optimisation diverged or produced invalid cameras.
+    """
+    config = config or RunConfig()
+    out = None if out is None else Path(out)
+    path = None if isinstance(source, Frames) else Path(source)
+    device = validate_run(path, out, config, overwrite=config.overwrite)
+    cache = None if out is None else cache_dir_for(out)
+    if cache is not None and cache.exists() and not config.resume:
+        shutil.rmtree(cache)
+    t_start = time.perf_counter()
+    try:
+        frames, rec = _reconstruct(source, config, device, cache)
+    except FlowmapError:
+        if cache is not None and not config.resume:  # a user error leaves nothing behind; an interrupted run keeps its cache
+            shutil.rmtree(cache, ignore_errors=True)
+        raise
+    rec.timings["time_s"] = time.perf_counter() - t_start
+    timings, warnings = dict(rec.timings), list(rec.warnings)
+    if out is not None:
+        t0 = time.perf_counter()
+        _write(rec, frames, out, config, {"source": str(frames.source), **(summary or {})}, warnings)
+        timings["outputs_s"] = time.perf_counter() - t0
+        shutil.rmtree(cache, ignore_errors=True)
+    timings["total_s"] = time.perf_counter() - t_start
+    return RunResult(rec, frames, out, timings, warnings)
+
+
+def _reconstruct(
+    source: str | Path | Frames, config: RunConfig, device: str, cache: Path | None
+) -> tuple[Frames, Reconstruction]:
+    """The stages from the frames to the Reconstruction (timings measured per stage)."""
+    timings: dict[str, float] = {}
+    warnings: list[str] = []
+
+    t0 = time.perf_counter()
+    frames = source if isinstance(source, Frames) else load_frames(Path(source), config.frames)
+    timings["frames_s"] = time.perf_counter() - t0
+    shape = working_shape(frames.height, frames.width, config.frames.pixel_budget, config.frames.multiple)
+    if config.memory.check:
+        check_run_memory(frames, config, device)
+
+    t0 = time.perf_counter()
+    corr = load_or_compute(
+        cache, frames.images, shape, config.correspondences, progress=config.progress, timings=timings, warnings=warnings
+    )
+    timings["correspondences_s"] = time.perf_counter() - t0
+    working = resize_images(frames.images, shape)  # the one resize to the working resolution
+    warnings += checks.motion_warnings(corr, frames.names, config.checks, working)  # raises for identical frames
+    warnings += checks.valid_flow_warnings(corr, frames.names, config.checks)
+    warnings += checks.texture_warnings(working, frames.names, config.checks)
+
+    t0 = time.perf_counter()
+    image_size = (frames.height, frames.width)
+    data = VideoTensors.from_numpy(working, corr, device)
+    fitted = fit(
+        data,
+        config.optim,
+        image_size,
+        focal_px=config.focal,
+        seed=config.seed,
+        checkpoint_dir=cache,
+        progress=config.progress,
+    )
+    timings["optimize_loop_s"] = fitted.loop_s
+    t1 = time.perf_counter()
+    solution = solve(fitted.model, data, fitted.focal_px, corr.bridges, config.optim.objective.huber_delta)
+    timings["final_solve_s"] = time.perf_counter() - t1
+    timings["optimization_s"] = time.perf_counter() - t0
+    warnings += fitted.warnings
+    if config.focal is None:
+        focal = float((solution.K[0, 0] + solution.K[1, 1]) / 2)
+        warnings += checks.focal_warnings(focal, image_size, config.optim.focal, config.checks)
+    settings = {**config.to_dict(), "device_resolved": device, "working_size": list(shape)}
+    return frames, _as_reconstruction(solution, frames, working, fitted.history, timings, settings, warnings)
+
+
+def _as_reconstruction(
+    solution: Solution, frames: Frames, working, history: list, timings: dict, settings: dict, warnings: list[str]
+) -> Reconstruction:
+    return Reconstruction(
+        c2w=solution.c2w,
+        K=solution.K,
+        depth=solution.depth,
+        weights=solution.weights,
+        names=list(frames.names),
+        image_size=solution.image_size,
+        images=working,
+        losses=dict(solution.losses),
+        history=history,
+        timings=timings,
+        settings=settings,
+        warnings=warnings,
+    )
+
+
+def _write(rec: Reconstruction, frames: Frames, out: Path, config: RunConfig, summary: dict, warnings: list[str]) -> None:
+    """The output stage; an OSError (disk full, permissions) becomes one line (no partial OUT is left)."""
+    try:
+        write_outputs(rec, frames, out, config.outputs, summary=summary, overwrite=config.overwrite, warnings=warnings)
+    except OSError as exc:
+        if exc.errno is None:
+            raise
+        raise InputError(
+            f"cannot write the outputs to {out}: {exc.strerror}; free space or choose another folder and run "
+            "again (--resume reuses the cached work)"
+        ) from exc
+
+
+def reconstruct(source: str | Path | Frames, config: RunConfig | None = None) -> Reconstruction:
+    """Camera poses, intrinsics and depth for a video, image folder or decoded frames (nothing written).
+
+    Returns:
+        A :class:`Reconstruction`: c2w (N, 4, 4) OpenCV axes with frame 0 = identity,
+        K (3, 3) in pixels of the input frames, depth (N, h, w) at the working
+        resolution, correspondence weights, losses, timings and warnings (see
+        :mod:`flowmap.checks`).
+
+    Raises:
+        See :func:`run`.
+    """
+    return run(source, None, config).reconstruction

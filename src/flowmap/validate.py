@@ -1,0 +1,134 @@
+"""Every option and path check of a run, in one place, before any stage runs.
+
+:func:`validate_run` is called by :func:`flowmap.pipeline.run` before a frame is
+decoded, so a run that cannot work (a bad option, an output folder that cannot be
+written, a device that is not there) fails at once with one actionable line
+(:class:`~flowmap.errors.InputError`, exit code 2 on the command line). The individual
+checks are public for the stages' own entry points (e.g.
+:func:`flowmap.frames.load_frames` checks its :class:`~flowmap.frames.FrameConfig`).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from flowmap.errors import InputError
+
+if TYPE_CHECKING:
+    from flowmap.correspondences import CorrespondenceConfig
+    from flowmap.frames import FrameConfig
+    from flowmap.pipeline import RunConfig
+
+MIN_FRAMES = 3
+"""Fewest frames a reconstruction can use (two flow pairs)."""
+
+
+def check_focal(focal_px: float | None) -> None:
+    """Raise :class:`InputError` unless ``focal_px`` is None or a finite positive number of pixels."""
+    if focal_px is None:
+        return
+    try:
+        value = float(focal_px)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise InputError(
+            f"--focal must be a positive number of pixels (of the input frames), got {focal_px}; "
+            "leave it out to estimate the focal length"
+        )
+
+
+def check_steps(steps: int) -> None:
+    """Raise :class:`InputError` for a negative step count, or 0 (feed-forward mode, not available yet)."""
+    if steps < 0:
+        raise InputError(f"--steps must be >= 0, got {steps}")
+    if steps == 0:
+        raise InputError(
+            "--steps 0 asks for feed-forward mode (no optimisation), which needs a pretrained network; "
+            "none is available yet: use --steps 1 or more"
+        )
+
+
+def check_frame_config(cfg: FrameConfig) -> None:
+    """Raise :class:`InputError` for a stride, max_frames or pixel budget that cannot work."""
+    if cfg.stride < 1:
+        raise InputError(f"--stride must be 1 or more, got {cfg.stride}")
+    if cfg.max_frames is not None and cfg.max_frames < MIN_FRAMES:
+        raise InputError(f"--max-frames must be at least {MIN_FRAMES}, got {cfg.max_frames}")
+    if cfg.pixel_budget < 16 * 16:
+        raise InputError(f"--pixel-budget must be at least 256 pixels (16 x 16), got {cfg.pixel_budget}")
+
+
+def check_correspondence_config(cfg: CorrespondenceConfig) -> None:
+    """Raise :class:`InputError` for a flow scale, backend or track setting that cannot work."""
+    from flowmap.correspondences.flow import FLOW_BACKENDS
+
+    if not cfg.flow.scale > 0:
+        raise InputError(f"flow scale must be positive, got {cfg.flow.scale}")
+    if cfg.flow.backend not in FLOW_BACKENDS:
+        raise InputError(f"unknown flow backend {cfg.flow.backend!r}; use one of {', '.join(FLOW_BACKENDS)}")
+    t = cfg.tracks
+    if t.enabled and (t.query_every < 1 or t.grid < 1 or t.radius < 1):
+        raise InputError("track query_every, grid and radius must be at least 1")
+
+
+def resolve_device(name: str) -> str:
+    """Map "auto" | "cpu" | "cuda" to a torch device string.
+
+    Raises:
+        InputError: "cuda" asked for but not available, or an unknown name.
+    """
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda was asked for but no CUDA GPU is visible to torch; use --device cpu")
+    if name not in ("cpu", "cuda"):
+        raise InputError(f"unknown device {name!r}; use auto, cpu or cuda")
+    return name
+
+
+def check_out_dir(out_dir: Path, overwrite: bool) -> None:
+    """Refuse an output path that is a file, or a non-empty folder without ``overwrite``."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"output path {out_dir} is a file; give a folder path")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise InputError(f"output folder {out_dir} exists and is not empty; choose another or pass --overwrite")
+
+
+def check_out_apart(source: Path, out: Path) -> None:
+    """Refuse an output folder that is, or contains, the input (``--overwrite`` would delete it)."""
+    src, dst = Path(source).resolve(), Path(out).resolve()
+    if src == dst or dst in src.parents:
+        raise InputError(f"output folder {out} holds the input {source}; choose an output folder elsewhere")
+
+
+def validate_run(source: Path | None, out: Path | None, config: RunConfig, overwrite: bool = False) -> str:
+    """Check every option of ``config`` and the output path; nothing is decoded or written.
+
+    Args:
+        source: the video or image folder (None: decoded frames were given).
+        out: the output folder (None: nothing will be written).
+        config: the run's settings.
+        overwrite: a non-empty ``out`` may be replaced.
+
+    Returns:
+        The resolved torch device ("cpu" or "cuda").
+
+    Raises:
+        InputError: the first check that fails, as one line.
+    """
+    check_focal(config.focal)
+    check_steps(config.optim.steps)
+    check_frame_config(config.frames)
+    check_correspondence_config(config.correspondences)
+    device = resolve_device(config.device)
+    if out is not None:
+        check_out_dir(out, overwrite)
+        if source is not None:
+            check_out_apart(source, out)
+    return device

@@ -1,0 +1,84 @@
+"""The correspondence cache: a hit reuses, a changed frame or setting misses, a bad file is recomputed."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+import flowmap.correspondences.cache as cache_module
+from flowmap.correspondences import CorrespondenceConfig
+from flowmap.correspondences.cache import cache_key, load_or_compute
+from flowmap.synthetic import make_scene
+
+
+@pytest.fixture(scope="module")
+def images() -> np.ndarray:
+    return make_scene(n_frames=5, height=48, width=64, seed=3).images
+
+
+SHAPE = (32, 48)
+
+
+def _cfg(**bridges) -> CorrespondenceConfig:
+    cfg = CorrespondenceConfig()
+    cfg.flow.threads = cfg.tracks.threads = 1
+    return replace(cfg, bridges=replace(cfg.bridges, **bridges)) if bridges else cfg
+
+
+def test_cache_key_covers_frames_resolution_and_every_setting(images):
+    base = cache_key(images, SHAPE, _cfg())
+    assert cache_key(images.copy(), SHAPE, _cfg()) == base
+    other = images.copy()
+    other[2, 0, 0, 0] ^= 1
+    assert cache_key(other, SHAPE, _cfg()) != base
+    assert cache_key(images, (16, 32), _cfg()) != base
+    assert cache_key(images, SHAPE, replace(_cfg(), flow=replace(_cfg().flow, fb_threshold_px=2.0))) != base
+    assert cache_key(images, SHAPE, replace(_cfg(), tracks=replace(_cfg().tracks, grid=20))) != base
+    assert cache_key(images, SHAPE, _cfg(min_inliers=30)) != base  # bridges are part of the key
+    assert cache_key(images, SHAPE, replace(_cfg(), flow=replace(_cfg().flow, threads=7))) == base  # cores do not matter
+
+
+def test_hit_reuses_and_miss_recomputes(images, tmp_path, monkeypatch):
+    calls = []
+    original = cache_module.compute_correspondences
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(cache_module, "compute_correspondences", counted)
+    timings: dict = {}
+    first = load_or_compute(tmp_path, images, SHAPE, _cfg(), progress=False, timings=timings)
+    assert len(calls) == 1 and "flow_s" in timings
+    timings = {}
+    again = load_or_compute(tmp_path, images, SHAPE, _cfg(), progress=False, timings=timings)
+    assert len(calls) == 1 and timings == {"cache_hit": 1.0}
+    for name in ("flow_fwd", "mask_bwd", "tracks_xy", "tracks_visible", "tracks_query"):
+        assert np.array_equal(getattr(first, name), getattr(again, name)), name
+    assert np.array_equal(first.bridges.pairs, again.bridges.pairs) and again.bridges.xy.shape == first.bridges.xy.shape
+    load_or_compute(tmp_path, images, SHAPE, _cfg(min_inliers=30), progress=False)
+    assert len(calls) == 2 and len(list(tmp_path.glob("correspondences-*.npz"))) == 2
+    load_or_compute(None, images, SHAPE, _cfg(), progress=False)  # no cache folder: always computed
+    assert len(calls) == 3
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty", "missing key"])
+def test_unreadable_cache_file_is_a_miss_with_a_warning(images, tmp_path, damage):
+    first = load_or_compute(tmp_path, images, SHAPE, _cfg(), progress=False)
+    (path,) = tmp_path.glob("correspondences-*.npz")
+    if damage == "missing key":
+        with np.load(path) as z:
+            arrays = {k: z[k] for k in z.files if k != "flow_fwd"}
+        np.savez(path.with_suffix(""), **arrays)  # np.savez adds .npz
+    else:
+        data = path.read_bytes()
+        path.write_bytes({"truncated": data[: len(data) // 2], "garbage": b"PK\x03\x04" + b"\x00" * 64, "empty": b""}[damage])
+    warnings: list[str] = []
+    timings: dict = {}
+    again = load_or_compute(tmp_path, images, SHAPE, _cfg(), progress=False, timings=timings, warnings=warnings)
+    assert "cache_hit" not in timings and len(warnings) == 1 and "recomputed" in warnings[0]
+    assert np.array_equal(first.flow_fwd, again.flow_fwd)
+    assert load_or_compute(tmp_path, images, SHAPE, _cfg(), progress=False, timings=timings) is not None
+    assert timings.get("cache_hit") == 1.0  # the recomputed file is good again

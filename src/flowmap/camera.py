@@ -61,8 +61,11 @@ def corner_uv(uv: np.ndarray) -> np.ndarray:
 
 
 def uv_to_xy(uv: np.ndarray, height: int, width: int) -> np.ndarray:
-    """(..., 2) pixel coordinates (centre of column i at u = i) -> normalised xy in [0, 1]."""
-    return ((np.asarray(uv, dtype=np.float64) + 0.5) / np.array([width, height], dtype=np.float64)).astype(np.float32)
+    """(..., 2) pixel coordinates (centre of column i at u = i) -> float32 normalised xy in [0, 1].
+
+    Computed in float32 (the precision of the OpenCV keypoints and tracks it converts).
+    """
+    return (np.asarray(uv, dtype=np.float32) + np.float32(0.5)) / np.array([width, height], dtype=np.float32)
 
 
 def unproject_pixels(u: np.ndarray, v: np.ndarray, depth: np.ndarray, K: np.ndarray, c2w: np.ndarray) -> np.ndarray:

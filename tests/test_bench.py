@@ -141,7 +141,7 @@ def test_bench_smoke_flowmap_and_colmap(tmp_path, one_torch_thread):
         [seq], tmp_path / "out", tiny_config(), mappers=("incremental", "global"), output_config=outputs
     )
     rows = {r["method"]: r for r in results["rows"]}
-    assert set(rows) == {"flowmap", "colmap-incremental", "colmap-global"}
+    assert set(rows) == {"flowmap", "flowmap-norefine", "colmap-incremental", "colmap-global"}
     assert all(list(r) == list(ROW_KEYS) for r in rows.values())  # the same keys on every row
     assert all(r["sequence"] == seq.name and r["n_frames"] == 6 for r in rows.values())
     assert all(r["image_size"] == [128, 192] for r in rows.values())  # same frames, same resolution
@@ -149,6 +149,10 @@ def test_bench_smoke_flowmap_and_colmap(tmp_path, one_torch_thread):
     assert fm["error"] is None, fm["error"]
     assert fm["registered"] == 6 and fm["ate_paper"] is not None and fm["focal_rel_error"] is not None
     assert fm["peak_mb"] >= fm["rss_before_mb"] > 0 and fm["time_ratio"] is None
+    # the same run's cameras before the refinement: timed without the refinement stage
+    before = rows["flowmap-norefine"]
+    assert before["registered"] == 6 and before["ate_paper"] is not None and before["time_ratio"] is None
+    assert before["time_s"] == pytest.approx(fm["time_s"] - fm["timings"]["refine_s"] - fm["timings"].get("finetune_s", 0.0))
     for method in ("colmap-incremental", "colmap-global"):
         row = rows[method]
         assert row["matcher"] == "exhaustive"  # 6 < 40 frames
@@ -167,8 +171,8 @@ def test_bench_smoke_flowmap_and_colmap(tmp_path, one_torch_thread):
     table = format_table(results)
     assert table == results["table"]
     lines = table.splitlines()
-    assert lines[0].split()[:3] == ["sequence", "method", "time"] and len(lines) >= 2 + 3
-    assert all(any(line.split()[1] == m for line in lines[2:5]) for m in rows)
+    assert lines[0].split()[:3] == ["sequence", "method", "time"] and len(lines) >= 2 + len(rows)
+    assert all(any(line.split()[1] == m for line in lines[2 : 2 + len(rows)]) for m in rows)
     assert "6/6" in lines[2]
 
 

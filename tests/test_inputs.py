@@ -460,3 +460,33 @@ def test_unreadable_cache_with_resume_is_recomputed_with_a_warning(tmp_path, mov
     assert any(l.startswith("warning: the cached correspondences correspondences-") and "recomputed" in l
                for l in result.stderr.splitlines()), result.stderr
     assert (out / "poses.txt").is_file() and not cache.exists()
+
+
+@pytest.mark.parametrize("command", ["bench", "view"])
+def test_sigterm_stops_bench_and_view_cleanly(command, tmp_path, monkeypatch):
+    """SIGTERM to `flowmap bench` / `flowmap view` ends with one line and exit 130, not
+    pycolmap's stack dump (issue 11.6): the command installs flowmap's handler over the one
+    pycolmap's logging sets up."""
+    import os
+    import signal
+    import time as time_mod
+
+    import flowmap.bench
+    import flowmap.outputs.viewer
+
+    def terminated(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time_mod.sleep(5)  # the handler interrupts this
+        raise AssertionError("SIGTERM did not interrupt")
+
+    monkeypatch.setattr(flowmap.bench, "run_bench", terminated)
+    monkeypatch.setattr(flowmap.outputs.viewer, "view", terminated)
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        args = [command, str(tmp_path)] + (["-o", str(tmp_path / "b")] if command == "bench" else [])
+        result = CliRunner().invoke(app, args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert result.exit_code == 130, (result.exit_code, result.output)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and ("stopped" in lines[0] or "interrupted" in lines[0]), result.stderr

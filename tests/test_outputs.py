@@ -414,6 +414,37 @@ def test_transforms_round_trip_and_depth(out, scene):
     assert meta["ply_file_path"] == "points.ply" and (out / "points.ply").is_file()
 
 
+def nerfstudio_applied_transform(data_dir: Path) -> np.ndarray:
+    """The world transform nerfstudio's dataparser assumes was applied to a dataset's poses.
+
+    The rule of ``nerfstudio/data/dataparsers/nerfstudio_dataparser.py`` (nerfstudio 1.x,
+    ``_generate_dataparser_outputs``): the file's ``applied_transform`` (3 x 4) when
+    present; otherwise, when ``<data>/colmap/sparse/0`` exists, the axis swap of its own
+    COLMAP converter (rows x, z, -y); otherwise none (identity).
+    """
+    meta = json.loads((data_dir / "transforms.json").read_text())
+    if "applied_transform" in meta:
+        return np.asarray(meta["applied_transform"], dtype=np.float64)
+    if (data_dir / "colmap" / "sparse" / "0").exists():
+        swap = np.eye(4)[:3][[0, 2, 1]]
+        swap[2] *= -1
+        return swap
+    return np.eye(4)[:3]
+
+
+def test_transforms_state_no_world_transform_beside_colmap(out, scene):
+    """nerfstudio must not assume its COLMAP axis swap for flowmap's poses (issue 11.1): with
+    OUT/colmap beside transforms.json, only an explicit identity keeps exports in flowmap's world."""
+    rec, _ = scene
+    assert (out / "colmap" / "sparse" / "0").is_dir()
+    applied = nerfstudio_applied_transform(out)
+    np.testing.assert_array_equal(applied, np.eye(4)[:3])
+    # world points mapped back with the inverse of applied_transform land on poses.txt's centres
+    centres = read_transforms_c2w(out / "transforms.json")[:, :3, 3]
+    back = (centres - applied[:, 3]) @ np.linalg.inv(applied[:, :3]).T
+    np.testing.assert_allclose(back, read_poses(out / "poses.txt")[1][:, :3, 3], atol=1e-6)
+
+
 def test_transforms_without_colmap_writes_own_images(scene, tmp_path):
     rec, frames = scene
     cfg = OutputConfig(colmap=False, ply=False, report=False)

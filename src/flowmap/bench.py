@@ -164,6 +164,10 @@ ROW_KEYS = (
     "focal_px",
     "focal_gt_px",
     "registration_rate",
+    "depth_abs_rel",
+    "depth_delta1",
+    "depth_abs_rel_constant",
+    "depth_abs_rel_ratio",
     "time_ratio",
     "ate_ratio",
     "n_models",
@@ -177,14 +181,17 @@ ROW_KEYS = (
 )
 """Keys of every result row (flowmap and COLMAP rows alike; None where not applicable).
 
-sequence, method ("flowmap", "colmap-incremental", "colmap-global"); n_frames (frames
+sequence, method ("flowmap", "flowmap-norefine" (the same run's cameras before the
+refinement), "colmap-incremental", "colmap-global"); n_frames (frames
 with ground truth) and registered (of those, frames with a pose); time_s (wall seconds of
 the whole run: decoding, features/flow, optimisation/mapping, not the export of outputs);
 peak_mb / rss_before_mb (peak and starting resident set of the process, MiB) and
 memory_method; peak_gpu_mb (peak CUDA memory allocated by torch, flowmap on a GPU only);
 the metrics of :func:`flowmap.evaluation.evaluate_named` (ate_paper dimensionless, ate and
 rpe_trans in ground-truth units, rpe_rot_deg in degrees, focal_rel_error =
-|f - f_gt| / f_gt, focal_px / focal_gt_px at the ground-truth width, registration_rate);
+|f - f_gt| / f_gt, focal_px / focal_gt_px at the ground-truth width, registration_rate,
+and the depth metrics of :func:`flowmap.evaluation.evaluate_depth` where the sequence has
+measured depth: flowmap rows only);
 time_ratio and ate_ratio = flowmap / this row (COLMAP rows only); n_models (COLMAP:
 models built, the largest is evaluated); matcher (COLMAP: "sequential"/"exhaustive");
 image_size [H, W] of the frames both methods read; outputs (flowmap: folder of its
@@ -216,7 +223,9 @@ def _plain(value):
     return value
 
 
-def _evaluate(names: list[str], c2w: np.ndarray, K: np.ndarray | None, size: tuple[int, int], seq_dir: Path) -> dict:
+def _evaluate(
+    names: list[str], c2w: np.ndarray, K: np.ndarray | None, size: tuple[int, int], seq_dir: Path, depth=None
+) -> dict:
     """Metrics of named cameras against the sequence's ground truth (flowmap.evaluation).
 
     Frames are matched by name; ground-truth frames without a pose count as
@@ -228,7 +237,8 @@ def _evaluate(names: list[str], c2w: np.ndarray, K: np.ndarray | None, size: tup
     height, width = size
     nan = float("nan")
     fx, fy = (nan, nan) if K is None else (float(K[0, 0]), float(K[1, 1]))
-    metrics = dict(evaluate_named(list(names), c2w, {"width": width, "height": height, "fx": fx, "fy": fy}, seq_dir))
+    intrinsics = {"width": width, "height": height, "fx": fx, "fy": fy}
+    metrics = dict(evaluate_named(list(names), c2w, intrinsics, seq_dir, depth))
     metrics["registered"] = metrics.pop("n_registered")
     return {k: _plain(v) for k, v in metrics.items() if k in ROW_KEYS}
 
@@ -279,14 +289,18 @@ def _measured(fn: Callable[[], object], row: dict, log: Callable[[str], None], c
 
 def _run_flowmap(
     seq_dir: Path, name: str, out_dir: Path, config: RunConfig, output_config: OutputConfig | None, log: Callable
-) -> tuple[dict, list[str] | None]:
-    """One flowmap run on ``seq_dir/images`` (:func:`flowmap.pipeline.run`): its row and
+) -> tuple[list[dict], list[str] | None]:
+    """One flowmap run on ``seq_dir/images`` (:func:`flowmap.pipeline.run`): its rows and
     the names of the frames it used.
 
-    The outputs (``output_config``, report with the ground truth overlaid) are written to
-    ``out_dir``; ``output_config=None``: none. The row's ``time_s`` is the pipeline's
-    measured time up to the outputs (decoding, correspondences, optimisation, solve);
-    ``peak_mb`` is the peak over the whole run, outputs included.
+    The rows are "flowmap" (the run's result) and, when the run refined its cameras,
+    "flowmap-norefine": the same run's FlowMap cameras before the refinement stage, timed
+    without it (``refine_s`` and the depth fine-tuning's ``finetune_s``), so that both come
+    from one run on the same frames. The outputs
+    (``output_config``, report with the ground truth overlaid) are written to ``out_dir``;
+    ``output_config=None``: none. A row's ``time_s`` is the pipeline's measured time up to
+    the outputs (decoding, correspondences, optimisation, solve, refinement); ``peak_mb``
+    is the peak over the whole run, outputs included.
     """
     from flowmap.pipeline import run
 
@@ -297,7 +311,7 @@ def _run_flowmap(
     out = None if output_config is None else out_dir
     result = _measured(lambda: run(seq_dir / "images", out, cfg), row, log, cuda=_cuda_in_use(config))
     if result is None:
-        return row, None
+        return [row], None
     rec = result.reconstruction
     row.update(
         time_s=rec.timings["time_s"],
@@ -306,8 +320,16 @@ def _run_flowmap(
         warnings=list(result.warnings),
         outputs=None if out is None else str(out),
     )
-    row.update(_evaluate(rec.names, rec.c2w, rec.K, rec.image_size, seq_dir))
-    return row, list(rec.names)
+    row.update(_evaluate(rec.names, rec.c2w, rec.K, rec.image_size, seq_dir, rec.depth))
+    rows = [row]
+    if rec.flowmap_c2w is not None:
+        unrefined = _new_row(name, "flowmap-norefine")
+        unrefined.update({k: row[k] for k in ("image_size", "peak_mb", "rss_before_mb", "memory_method")})
+        refinement_s = rec.timings.get("refine_s", 0.0) + rec.timings.get("finetune_s", 0.0)
+        unrefined["time_s"] = rec.timings["time_s"] - refinement_s
+        unrefined.update(_evaluate(rec.names, rec.flowmap_c2w, rec.flowmap_K, rec.image_size, seq_dir))
+        rows.append(unrefined)
+    return rows, list(rec.names)
 
 
 def _run_colmap_row(
@@ -345,7 +367,7 @@ def _add_ratios(rows: list[dict]) -> None:
     """On every COLMAP row: flowmap / COLMAP for time and ate_paper (None where undefined)."""
     flowmap = next((r for r in rows if r["method"] == "flowmap"), None)
     for row in rows:
-        if flowmap is None or row is flowmap:
+        if flowmap is None or row["method"].startswith("flowmap"):
             continue
         row["time_ratio"] = _ratio(flowmap.get("time_s"), row.get("time_s"))
         row["ate_ratio"] = _ratio(flowmap.get("ate_paper"), row.get("ate_paper"))
@@ -446,9 +468,9 @@ def run_bench(
         seq_rows = []
         if flowmap:
             log(f"[{name}] flowmap on {len(names)} frames ...")
-            row, fm_names = _run_flowmap(seq_dir, name, out_root / name / "flowmap", config, output_config, log)
+            fm_rows, fm_names = _run_flowmap(seq_dir, name, out_root / name / "flowmap", config, output_config, log)
             names = fm_names or names
-            seq_rows.append(row)
+            seq_rows.extend(fm_rows)
             gc.collect()
         for mapper in run_mappers:
             cfg = replace(base, mapper=mapper)
@@ -509,6 +531,8 @@ COLUMNS = (
     ("registered", None, ""),
     ("ate_paper", "ate_paper", "{:.5f}"),
     ("focal err %", "focal_rel_error", "{:.2f}"),
+    ("depth AbsRel", "depth_abs_rel", "{:.3f}"),
+    ("plane AbsRel", "depth_abs_rel_constant", "{:.3f}"),
     ("time ratio", "time_ratio", "{:.2f}"),
     ("ATE ratio", "ate_ratio", "{:.2f}"),
 )
@@ -535,8 +559,9 @@ def format_table(results: dict) -> str:
     Columns: time s (wall), peak MB (peak resident set of the whole process, which
     includes Python and the loaded libraries), run MB (that peak minus the resident set
     at the start of the run: what the run itself added),
-    registered frames / frames, ate_paper, focal err % (100 |f - f_gt| / f_gt), and on
-    COLMAP lines the ratios flowmap / COLMAP of time and ate_paper (< 1: flowmap faster /
+    registered frames / frames, ate_paper, focal err % (100 |f - f_gt| / f_gt), depth
+    AbsRel and plane AbsRel (the best constant depth on the same pixels) where the sequence
+    has measured depth, and on COLMAP lines the ratios flowmap / COLMAP of time and ate_paper (< 1: flowmap faster /
     more accurate). Failed runs are listed under the table with their error.
     """
     rows = results["rows"]

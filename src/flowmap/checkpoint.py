@@ -21,11 +21,16 @@ import torch
 from flowmap.io import atomic_write
 
 CHECKPOINT_NAME = "checkpoint.pt"
+CHECKPOINT_FORMAT = 2
+"""Version of the checkpoint's contents, part of every fingerprint: a checkpoint written by
+a flowmap whose model or state layout differed (format 1: before the pipeline restructure,
+when the learned focal was named ``focal``) never matches, so it is recomputed, not loaded."""
 
 
 def fingerprint(*parts) -> str:
-    """Hex SHA-256 (16 characters) of the run's settings; dataclasses are hashed field by field."""
-    plain = [asdict(p) if is_dataclass(p) and not isinstance(p, type) else p for p in parts]
+    """Hex SHA-256 (16 characters) of the run's settings and :data:`CHECKPOINT_FORMAT`;
+    dataclasses are hashed field by field."""
+    plain = [CHECKPOINT_FORMAT] + [asdict(p) if is_dataclass(p) and not isinstance(p, type) else p for p in parts]
     blob = json.dumps(plain, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

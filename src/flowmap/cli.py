@@ -17,6 +17,9 @@ import typer
 
 from flowmap.errors import FlowmapError
 
+REFINE_HELP = "Global refinement of the cameras: colmap (SIFT matches + bundle adjustment, default) | none."
+CAMERA_MODEL_HELP = "Camera the refinement adjusts: SIMPLE_PINHOLE (one focal) | PINHOLE (fx, fy)."
+
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
@@ -32,8 +35,10 @@ def _fail(exc: BaseException, debug: bool) -> None:
     raise typer.Exit(code=2)
 
 
-def _guard(debug: bool):
-    """Context manager turning FlowmapError into a one-line error and exit code 2."""
+def _guard(debug: bool, interrupted: str = "interrupted; run again with --resume to continue"):
+    """Context manager turning FlowmapError into a one-line error and exit code 2, and an
+    interruption (Ctrl-C, or SIGTERM where :func:`_interrupt_on_sigterm` is installed) into
+    the line ``interrupted`` and exit code 130."""
 
     class _Guard:
         def __enter__(self):
@@ -45,7 +50,7 @@ def _guard(debug: bool):
             if isinstance(exc, FlowmapError):
                 _fail(exc, debug)
             if isinstance(exc, KeyboardInterrupt):
-                print("interrupted; run again with --resume to continue", file=sys.stderr)
+                print(interrupted, file=sys.stderr)
                 raise typer.Exit(code=130)
             return False
 
@@ -65,11 +70,15 @@ def _run_config(
     resume: bool = False,
     colmap_text: bool = False,
     gt: Optional[Path] = None,
+    refine: str = "colmap",
+    camera_model: str = "SIMPLE_PINHOLE",
 ):
     """The flags of ``run`` / ``demo`` / ``bench`` as a :class:`flowmap.pipeline.RunConfig`."""
     from flowmap.pipeline import RunConfig
+    from flowmap.validate import refine_config
 
     cfg = RunConfig(focal=focal, device=device, seed=seed, progress=not quiet, overwrite=overwrite, resume=resume)
+    cfg.refine = refine_config(refine, camera_model)
     cfg.frames.max_frames = max_frames
     cfg.frames.stride = stride
     cfg.frames.pixel_budget = pixel_budget
@@ -122,6 +131,8 @@ def run(
     overwrite: bool = typer.Option(False, help="Replace a non-empty output folder."),
     resume: bool = typer.Option(False, help="Continue an interrupted run from its checkpoint."),
     colmap_text: bool = typer.Option(False, help="Also write the COLMAP model as .txt."),
+    refine: str = typer.Option("colmap", help=REFINE_HELP),
+    camera_model: str = typer.Option("SIMPLE_PINHOLE", help=CAMERA_MODEL_HELP),
     quiet: bool = typer.Option(False, help="No progress bars."),
     debug: bool = typer.Option(False, help="Show tracebacks."),
 ):
@@ -129,7 +140,10 @@ def run(
     with _guard(debug):
         from flowmap.pipeline import run as run_pipeline
 
-        cfg = _run_config(max_frames, stride, pixel_budget, focal, steps, device, seed, quiet, overwrite, resume, colmap_text, gt)
+        cfg = _run_config(
+            max_frames, stride, pixel_budget, focal, steps, device, seed, quiet, overwrite, resume, colmap_text, gt,
+            refine, camera_model,
+        )
         _interrupt_on_sigterm()
         result = run_pipeline(source, out, cfg, summary={"command": " ".join(sys.argv)})
         for warning in result.warnings:
@@ -195,14 +209,20 @@ def bench(
     no_flowmap: bool = typer.Option(False, help="Run COLMAP only."),
     matcher: str = typer.Option("auto", help="COLMAP matcher: auto | sequential | exhaustive"),
     colmap_threads: int = typer.Option(-1, help="CPU threads COLMAP may use (-1: all)."),
+    refine: str = typer.Option("colmap", help=REFINE_HELP),
     debug: bool = typer.Option(False, help="Show tracebacks."),
 ):
-    """Run flowmap and COLMAP on the same frames; print a table and write bench.json."""
-    with _guard(debug):
+    """Run flowmap and COLMAP on the same frames; print a table and write bench.json.
+
+    With the refinement on (the default), the table also lists "flowmap-norefine": the
+    same run's cameras before the refinement, timed without it.
+    """
+    with _guard(debug, interrupted=f"benchmark interrupted; the rows measured so far are in {out / 'bench.json'}"):
         from flowmap.baseline import ColmapConfig
         from flowmap.bench import run_bench
 
-        cfg = _run_config(steps=steps, device=device, quiet=True)
+        _interrupt_on_sigterm()
+        cfg = _run_config(steps=steps, device=device, quiet=True, refine=refine)
         mappers = ("incremental",) if no_global else ("incremental", "global")
         colmap_cfg = ColmapConfig(matcher=matcher, num_threads=colmap_threads)
         results = run_bench(
@@ -220,9 +240,10 @@ def view(
     debug: bool = typer.Option(False, help="Show tracebacks."),
 ):
     """Interactive 3D view of the cameras and the point cloud (viser)."""
-    with _guard(debug):
+    with _guard(debug, interrupted="viewer stopped"):
         from flowmap.outputs.viewer import view as serve
 
+        _interrupt_on_sigterm()
         serve(out, host=host, port=port)
 
 

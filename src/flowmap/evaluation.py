@@ -24,6 +24,17 @@ Metrics (all computed on the frames that received a pose only):
   camera frame of i) and s the Sim(3) scale of the ATE alignment.
 * ``focal_rel_error``: |f - f_gt| / f_gt at the same image size.
 * ``registration_rate``: registered / total frames; ``n_frames``, ``n_registered``.
+* Depth, when the ground-truth folder has ``depth/<stem>.png`` (16-bit z-depth in
+  millimetres, 0 = no measurement; tum-rpy, tum-rpy-long) and the prediction has depth
+  maps: the predicted depth times ONE scale for the whole video, the scale of the poses
+  (the Sim(3) scale s of the ``ate`` alignment, so depth and cameras are judged in the
+  same units), against the measured depth sampled at the predicted maps' pixel centres
+  (nearest neighbour): ``depth_abs_rel`` = mean |s d - d_gt| / d_gt,
+  ``depth_delta1`` = fraction with max(s d / d_gt, d_gt / s d) < 1.25 (Eigen et al.,
+  NeurIPS 2014), ``depth_abs_rel_constant`` = AbsRel of the best constant depth (one
+  value for the whole video, on the same pixels: the weighted median of d_gt with
+  weights 1 / d_gt, which minimises AbsRel), ``depth_abs_rel_ratio`` = the two's ratio
+  (< 1: better than a plane), ``depth_scale`` = s, ``depth_pixels``.
 
 Pose metrics are NaN when fewer than 3 frames are registered (no alignment is defined).
 Sources: Smith et al., FlowMap (3DV 2025), evaluation protocol; Umeyama, "Least-squares
@@ -36,6 +47,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import cv2
 from scipy.spatial import procrustes
 from scipy.spatial.transform import Rotation
 
@@ -43,6 +55,8 @@ from flowmap.errors import InputError
 from flowmap.layout import read_intrinsics, read_poses
 
 MIN_FRAMES_FOR_POSE_METRICS = 3
+GT_DEPTH_UNIT_M = 1e-3
+"""Ground-truth depth PNGs of the shared layout hold millimetres."""
 
 
 def align_sim3(src_xyz: np.ndarray, dst_xyz: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
@@ -187,6 +201,107 @@ def evaluate(
     return metrics
 
 
+def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
+    order = np.argsort(values)
+    cumulative = np.cumsum(weights[order])
+    return float(values[order][np.searchsorted(cumulative, 0.5 * cumulative[-1])])
+
+
+def depth_metrics(depth_pred: list[np.ndarray], depth_gt: list[np.ndarray], scale: float) -> dict[str, float]:
+    """AbsRel and delta < 1.25 of scaled predicted depth against measured depth (see the module docs).
+
+    Args:
+        depth_pred: per frame (h, w) predicted z-depth, any units.
+        depth_gt: per frame (h, w) measured z-depth at the same pixels, metres; <= 0 or
+            non-finite where there is no measurement.
+        scale: one factor for the whole video that brings the prediction into metres.
+
+    Returns:
+        ``depth_abs_rel``, ``depth_delta1``, ``depth_abs_rel_constant``,
+        ``depth_abs_rel_ratio``, ``depth_scale``, ``depth_pixels`` (NaN metrics when no
+        pixel has both).
+
+    Raises:
+        ValueError: the lists differ in length or a pair in shape.
+    """
+    if len(depth_pred) != len(depth_gt):
+        raise ValueError(f"depth_metrics needs as many predicted ({len(depth_pred)}) as measured ({len(depth_gt)}) maps")
+    pred_all, gt_all = [], []
+    for pred, gt in zip(depth_pred, depth_gt):
+        if pred.shape != gt.shape:
+            raise ValueError(f"predicted depth {pred.shape} and measured depth {gt.shape} must have the same shape")
+        valid = np.isfinite(gt) & (gt > 0) & np.isfinite(pred) & (pred > 0)
+        pred_all.append(pred[valid].astype(np.float64))
+        gt_all.append(gt[valid].astype(np.float64))
+    pred, gt = np.concatenate(pred_all) * scale, np.concatenate(gt_all)
+    nan = float("nan")
+    if not len(gt) or not (np.isfinite(scale) and scale > 0):
+        return dict(depth_abs_rel=nan, depth_delta1=nan, depth_abs_rel_constant=nan, depth_abs_rel_ratio=nan,
+                    depth_scale=float(scale), depth_pixels=int(len(gt)))
+    abs_rel = float(np.mean(np.abs(pred - gt) / gt))
+    constant = _weighted_median(gt, 1.0 / gt)
+    abs_rel_constant = float(np.mean(np.abs(constant - gt) / gt))
+    return {
+        "depth_abs_rel": abs_rel,
+        "depth_delta1": float(np.mean(np.maximum(pred / gt, gt / pred) < 1.25)),
+        "depth_abs_rel_constant": abs_rel_constant,
+        "depth_abs_rel_ratio": abs_rel / abs_rel_constant if abs_rel_constant > 0 else nan,
+        "depth_scale": float(scale),
+        "depth_pixels": int(len(gt)),
+    }
+
+
+def read_gt_depth(gt_dir: Path, name: str, shape: tuple[int, int]) -> np.ndarray | None:
+    """Measured depth (metres) of frame ``name`` sampled at the centres of an (h, w) grid
+    (nearest neighbour); None when ``gt_dir/depth/<stem>.png`` does not exist.
+
+    Raises:
+        InputError: the file exists but cannot be read as a single-channel image.
+    """
+    path = Path(gt_dir) / "depth" / f"{Path(name).stem}.png"
+    if not path.is_file():
+        return None
+    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if raw is None or raw.ndim != 2:
+        raise InputError(f"cannot read the ground-truth depth {path} as a 16-bit single-channel PNG")
+    h, w = shape
+    return cv2.resize(raw, (w, h), interpolation=cv2.INTER_NEAREST).astype(np.float64) * GT_DEPTH_UNIT_M
+
+
+def evaluate_depth(
+    names_pred: list[str], c2w_pred: np.ndarray, depth_pred, gt_dir: Path
+) -> dict[str, float]:
+    """Depth metrics of predicted depth maps against the measured depth of a ground-truth folder.
+
+    Args:
+        names_pred: N image names of the prediction.
+        c2w_pred: (N, 4, 4) predicted camera-to-world (their Sim(3) alignment onto the
+            ground truth gives the one depth scale).
+        depth_pred: N predicted (h, w) z-depth maps (an array or a sequence of them), in
+            the units of ``c2w_pred``.
+        gt_dir: ground-truth folder (poses.txt, depth/<stem>.png in millimetres).
+
+    Returns:
+        The dict of :func:`depth_metrics`; empty when the folder has no depth maps for
+        these frames or fewer than 3 posed frames can be aligned.
+    """
+    names_gt, c2w_gt, _ = read_ground_truth(gt_dir)
+    matched, _ = match_frames(list(names_pred), names_gt)
+    pairs = [(m, k) for k, m in enumerate(matched) if m is not None and np.isfinite(c2w_pred[m]).all()]
+    if len(pairs) < MIN_FRAMES_FOR_POSE_METRICS:
+        return {}
+    pred_idx, gt_idx = map(np.asarray, zip(*pairs))
+    scale = align_sim3(c2w_pred[pred_idx, :3, 3], c2w_gt[gt_idx, :3, 3])[0]
+    preds, gts = [], []
+    for m, k in pairs:
+        pred = np.asarray(depth_pred[m])
+        gt = read_gt_depth(gt_dir, names_gt[k], pred.shape)
+        if gt is not None:
+            preds.append(pred)
+            gts.append(gt)
+    return depth_metrics(preds, gts, scale) if gts else {}
+
+
 # --- reading output / ground-truth folders ------------------------------------------
 
 
@@ -265,6 +380,7 @@ def evaluate_named(
     c2w_pred: np.ndarray,
     intrinsics_pred: dict,
     gt_dir: Path,
+    depth_pred=None,
 ) -> dict[str, float | str]:
     """Metrics of named predicted poses and intrinsics against a ground-truth folder.
 
@@ -278,10 +394,13 @@ def evaluate_named(
         c2w_pred: (N_pred, 4, 4) camera-to-world, OpenCV axes (NaN rows = no pose).
         intrinsics_pred: dict with ``width``, ``height``, ``fx``, ``fy`` (pixels).
         gt_dir: folder with poses.txt and intrinsics.json (shared data layout).
+        depth_pred: N_pred predicted (h, w) z-depth maps (units of ``c2w_pred``), or None.
 
     Returns:
         The dict of :func:`evaluate`, plus ``focal_px`` and ``focal_gt_px`` (pixels at the
-        ground-truth width) and ``"note"`` (str) when something was unusual.
+        ground-truth width), the depth metrics of :func:`evaluate_depth` when
+        ``depth_pred`` is given and ``gt_dir`` has measured depth, and ``"note"`` (str)
+        when something was unusual.
 
     Raises:
         InputError: the ground-truth folder is missing or invalid, or no frame can be matched.
@@ -311,6 +430,8 @@ def evaluate_named(
     )
     metrics["focal_px"] = focal_pred
     metrics["focal_gt_px"] = focal_gt
+    if depth_pred is not None:
+        metrics.update(evaluate_depth(names_pred, c2w_pred, depth_pred, gt_dir))
     if notes:
         metrics["note"] = "; ".join(notes)
     return metrics
@@ -319,10 +440,10 @@ def evaluate_named(
 def evaluate_run(out_dir: Path, gt_dir: Path) -> dict[str, float | str]:
     """Evaluate a flowmap output folder against a ground-truth folder.
 
-    Reads ``out_dir/poses.txt`` (``name tx ty tz qx qy qz qw``, c2w, OpenCV axes) and
-    ``out_dir/intrinsics.json`` (``width height fx fy ...`` in pixels), and the same two
-    files in ``gt_dir`` (the layout of ``shared/data/*``), then calls
-    :func:`evaluate_named`.
+    Reads ``out_dir/poses.txt`` (``name tx ty tz qx qy qz qw``, c2w, OpenCV axes),
+    ``out_dir/intrinsics.json`` (``width height fx fy ...`` in pixels) and
+    ``out_dir/depth/<stem>.npy`` when present, and the same files in ``gt_dir`` (the
+    layout of ``shared/data/*``), then calls :func:`evaluate_named`.
 
     Returns:
         Metrics as in :func:`evaluate` plus ``focal_px`` / ``focal_gt_px`` (pixels at the
@@ -333,7 +454,22 @@ def evaluate_run(out_dir: Path, gt_dir: Path) -> dict[str, float | str]:
     """
     poses_path, intr_path = _require_folder(out_dir, "output")
     names, c2w = read_poses(poses_path)
-    return evaluate_named(names, c2w, read_intrinsics(intr_path), gt_dir)
+    depth_files = [Path(out_dir) / "depth" / f"{Path(name).stem}.npy" for name in names]
+    depth = _LazyDepth(depth_files) if all(f.is_file() for f in depth_files) else None
+    return evaluate_named(names, c2w, read_intrinsics(intr_path), gt_dir, depth)
+
+
+class _LazyDepth:
+    """Depth maps of an output folder, loaded one at a time when indexed."""
+
+    def __init__(self, files: list[Path]):
+        self.files = files
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return np.load(self.files[i])
 
 
 def evaluate_reconstruction(rec, gt_dir: Path) -> dict[str, float | str]:
@@ -344,4 +480,4 @@ def evaluate_reconstruction(rec, gt_dir: Path) -> dict[str, float | str]:
     """
     height, width = rec.image_size
     intrinsics = {"width": width, "height": height, "fx": float(rec.K[0, 0]), "fy": float(rec.K[1, 1])}
-    return evaluate_named(list(rec.names), rec.c2w, intrinsics, gt_dir)
+    return evaluate_named(list(rec.names), rec.c2w, intrinsics, gt_dir, rec.depth)

@@ -3,17 +3,31 @@
 Every writer of flowmap goes through these two helpers: a file is written to a
 temporary sibling (same folder, so the rename stays on one file system) and renamed
 over its target with :func:`os.replace`, which POSIX makes atomic; a folder is built
-under a temporary sibling name and moved into place once complete, an existing target
-being removed only then.
+under a temporary sibling name, flushed to disk (``fsync`` of every file and folder, so
+the rename is durable: a power cut cannot leave a renamed folder of empty files), and
+moved into place once complete, an existing target being removed only then.
+
+A killed process can leave ``OUT.tmp-<pid>`` (a folder being built) or, between the two
+renames of a replacement, ``OUT.old-<pid>`` (the previous result) beside ``OUT``: the
+next :func:`atomic_dir` on the same target removes the ones of dead processes and puts
+an ``OUT.old-<pid>`` back where ``OUT`` is missing (:func:`clean_stale`). Two runs
+writing the same ``OUT`` at once are refused by :func:`lock_out` (an exclusive lock on
+the hidden file ``.OUT.lock`` beside ``OUT``, through the filelock library; the file stays,
+empty, after the run: deleting a lock file races with a process opening it).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+from flowmap.errors import InputError
 
 
 def atomic_write(path: Path | str, data: bytes | str | Callable[[Path], None]) -> Path:
@@ -60,13 +74,16 @@ def atomic_dir(target: Path | str) -> Iterator[Path]:
     untouched.
     """
     target = Path(target)
+    clean_stale(target)
     tmp = target.parent / f"{target.name}.tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     try:
         yield tmp
+        _fsync_tree(tmp)
         _replace_dir(tmp, target)
+        _fsync_path(target.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -88,3 +105,88 @@ def _replace_dir(new: Path, target: Path) -> None:
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _fsync_path(path: Path) -> None:
+    """Flush one file or folder to disk (``os.fsync`` on a read-only descriptor)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    """Flush every file and folder under ``root`` (``root`` included) to disk."""
+    for folder, _, files in os.walk(root):
+        for name in files:
+            _fsync_path(Path(folder) / name)
+        _fsync_path(Path(folder))
+
+
+def _pid_alive(pid: int) -> bool:
+    """True when a process with this id exists (signal 0 probes without sending)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def clean_stale(target: Path | str) -> list[Path]:
+    """Remove what dead processes left beside ``target``; restore a lost ``target``.
+
+    ``target.tmp-<pid>`` folders of dead processes are deleted (they were never
+    complete). ``target.old-<pid>`` of a dead process is the previous complete result,
+    renamed aside by a replacement that was killed before it finished: it is renamed back
+    to ``target`` when ``target`` is missing, deleted otherwise. Leftovers of living
+    processes are not touched.
+
+    Returns:
+        The paths removed or restored.
+    """
+    target = Path(target)
+    if not target.parent.is_dir():
+        return []
+    pattern = re.compile(re.escape(target.name) + r"\.(tmp|old)-(\d+)$")
+    done = []
+    for path in sorted(target.parent.iterdir()):
+        match = pattern.match(path.name)
+        if match is None or _pid_alive(int(match.group(2))):
+            continue
+        if match.group(1) == "old" and not target.exists():
+            path.rename(target)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+        done.append(path)
+    return done
+
+
+@contextmanager
+def lock_out(out: Path | str) -> Iterator[Path]:
+    """Hold an exclusive lock on the output folder ``out`` (file ``.OUT.lock`` beside it).
+
+    Yields:
+        The lock file's path.
+
+    Raises:
+        InputError: another process holds the lock (another flowmap run writes ``out``).
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    path = out.parent / f".{out.name}.lock"
+    lock = FileLock(path)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise InputError(
+            f"another flowmap run is writing {out} (lock {path}); wait for it to finish or choose another output folder"
+        ) from None
+    try:
+        yield path
+    finally:
+        lock.release()

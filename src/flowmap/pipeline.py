@@ -9,11 +9,14 @@ Stages, in order, each a typed value in and out (see :mod:`flowmap.types`)::
     checks     degenerate-content warnings (flowmap.checks)
     optimize   fit the model to the correspondences (flowmap.optimize)
     solve      the model on all frames -> Solution (flowmap.solve)
+    refine     global refinement on COLMAP: SIFT matches on a pose-guided pair graph,
+               triangulation, bundle adjustment in rounds, depth made consistent
+               (flowmap.refine; skipped with ``config.refine = None``)
     outputs    Reconstruction -> files in OUT (flowmap.outputs), when OUT is given
 
 Every stage's wall time is measured where it runs (``timings``: ``frames_s``,
 ``correspondences_s`` with ``flow_s`` / ``tracks_s`` / ``bridges_s`` inside,
-``optimization_s`` with ``optimize_loop_s`` and ``final_solve_s`` inside, ``time_s``
+``optimization_s`` with ``optimize_loop_s`` and ``final_solve_s`` inside, ``refine_s``, ``time_s``
 up to the outputs, then ``outputs_s`` and ``total_s``). ``flowmap run``, ``flowmap demo``,
 ``flowmap bench`` and :func:`flowmap.reconstruct` all call :func:`run`.
 
@@ -25,20 +28,26 @@ run removes it after the outputs are written.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from flowmap import checks
 from flowmap.correspondences import CorrespondenceConfig
 from flowmap.correspondences.cache import load_or_compute
 from flowmap.errors import FlowmapError, InputError
+from flowmap.finetune import FinetuneConfig, FinetuneResult, finetune_depth
+from flowmap.io import lock_out
 from flowmap.frames import FrameConfig, load_frames, resize_images, working_shape
 from flowmap.memory import MemoryConfig, check_run_memory
 from flowmap.model.flowmap import VideoTensors
 from flowmap.optimize import OptimConfig, fit
 from flowmap.outputs import OutputConfig, write_outputs
+from flowmap.refine import RefineConfig, Refinement, refine
 from flowmap.solve import solve
 from flowmap.types import Frames, Reconstruction, Solution
 from flowmap.validate import validate_run
@@ -52,6 +61,11 @@ class RunConfig:
         frames: frame selection and working resolution.
         correspondences: flow, tracks and bridges (also the cache key).
         optim: model, objective and optimisation schedule.
+        refine: the global refinement of the cameras (:class:`flowmap.refine.RefineConfig`);
+            None skips it (``--refine none``).
+        finetune: the depth fine-tuning with the refined cameras held fixed
+            (:class:`flowmap.finetune.FinetuneConfig`; ``steps=0`` skips it); runs only
+            when a refinement was applied.
         focal: known focal length in pixels of the input frames (skips the search).
         device: "auto" (CUDA when available), "cpu" or "cuda".
         seed: random seed of the network initialisation and the sampling.
@@ -66,6 +80,8 @@ class RunConfig:
     frames: FrameConfig = field(default_factory=FrameConfig)
     correspondences: CorrespondenceConfig = field(default_factory=CorrespondenceConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    refine: RefineConfig | None = field(default_factory=RefineConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     focal: float | None = None
     device: str = "auto"
     seed: int = 0
@@ -133,6 +149,12 @@ def run(source: str | Path | Frames, out: Path | None = None, config: RunConfig 
     out = None if out is None else Path(out)
     path = None if isinstance(source, Frames) else Path(source)
     device = validate_run(path, out, config, overwrite=config.overwrite)
+    with contextlib.nullcontext() if out is None else lock_out(out):  # one run writes OUT at a time
+        return _run_locked(source, out, config, device, summary)
+
+
+def _run_locked(source, out: Path | None, config: RunConfig, device: str, summary: dict | None) -> RunResult:
+    """:func:`run` once its options are valid and OUT (if any) is locked."""
     cache = None if out is None else cache_dir_for(out)
     if cache is not None and cache.exists() and not config.resume:
         shutil.rmtree(cache)
@@ -199,17 +221,62 @@ def _reconstruct(
     if config.focal is None:
         focal = float((solution.K[0, 0] + solution.K[1, 1]) / 2)
         warnings += checks.focal_warnings(focal, image_size, config.optim.focal, config.checks)
+    refined = None
+    if config.refine is not None:
+        t0 = time.perf_counter()
+        refined = _refine(frames, solution, config.refine, config.progress, warnings)
+        timings["refine_s"] = time.perf_counter() - t0
+    finetuned = None
+    if refined is not None and refined.applied and config.finetune.steps > 0:
+        t0 = time.perf_counter()
+        before = refined.depth if refined.depth is not None else solution.depth * refined.depth_scale[:, None, None]
+        finetuned = finetune_depth(
+            fitted.model, data, refined.c2w, refined.K, refined.points_xyz, config.finetune, config.progress, depth_before=before
+        )
+        timings["finetune_s"] = time.perf_counter() - t0
     settings = {**config.to_dict(), "device_resolved": device, "working_size": list(shape)}
-    return frames, _as_reconstruction(solution, frames, working, fitted.history, timings, settings, warnings)
+    return frames, _as_reconstruction(solution, refined, frames, working, fitted.history, timings, settings, warnings, finetuned)
+
+
+def _refine(
+    frames: Frames, solution: Solution, config: RefineConfig, progress: bool, warnings: list[str]
+) -> Refinement | None:
+    """The refinement stage on the input frames; None (FlowMap's cameras kept, with a
+    warning) where COLMAP itself fails on this input."""
+    try:
+        refined = refine(frames.images, solution.c2w, solution.K, solution.depth, config, progress=progress)
+    except (RuntimeError, ValueError) as exc:
+        warnings.append(f"the global refinement failed ({exc}); FlowMap's cameras are kept")
+        return None
+    warnings += refined.warnings
+    return refined
 
 
 def _as_reconstruction(
-    solution: Solution, frames: Frames, working, history: list, timings: dict, settings: dict, warnings: list[str]
+    solution: Solution,
+    refined: Refinement | None,
+    frames: Frames,
+    working,
+    history: list,
+    timings: dict,
+    settings: dict,
+    warnings: list[str],
+    finetuned: FinetuneResult | None = None,
 ) -> Reconstruction:
+    """The run's result: the refined cameras and depth where a refinement ran (the
+    fine-tuned depth where that stage ran), FlowMap's otherwise."""
+    c2w, K, depth, refinement = solution.c2w, solution.K, solution.depth, {}
+    if refined is not None:
+        c2w, K = refined.c2w, refined.K
+        depth = refined.depth if refined.depth is not None else solution.depth * refined.depth_scale[:, None, None]
+        refinement = {"applied": bool(refined.applied), **refined.stats}
+        if finetuned is not None:
+            depth = finetuned.depth
+            refinement["finetune"] = finetuned.stats
     return Reconstruction(
-        c2w=solution.c2w,
-        K=solution.K,
-        depth=solution.depth,
+        c2w=c2w,
+        K=K,
+        depth=np.asarray(depth, dtype=np.float32),
         weights=solution.weights,
         names=list(frames.names),
         image_size=solution.image_size,
@@ -219,6 +286,9 @@ def _as_reconstruction(
         timings=timings,
         settings=settings,
         warnings=warnings,
+        flowmap_c2w=None if refined is None else solution.c2w,
+        flowmap_K=None if refined is None else solution.K,
+        refinement=refinement,
     )
 
 

@@ -176,6 +176,12 @@ class Reconstruction:
         timings: seconds per stage.
         settings: the run configuration as plain data.
         warnings: human-readable warnings about the input or the result.
+        flowmap_c2w: (N, 4, 4) FlowMap's cameras before the global refinement (the
+            :class:`Solution`'s), same frame and scale as ``c2w``; None without one.
+        flowmap_K: (3, 3) FlowMap's intrinsics before the refinement; None without one.
+        refinement: what the refinement stage measured (:mod:`flowmap.refine`: pairs,
+            tracks, observations, reprojection error and focal before/after, rounds,
+            termination, seconds, ``applied``); empty without one.
     """
 
     c2w: np.ndarray
@@ -190,6 +196,9 @@ class Reconstruction:
     timings: dict[str, float] = field(default_factory=dict)
     settings: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    flowmap_c2w: np.ndarray | None = None
+    flowmap_K: np.ndarray | None = None
+    refinement: dict = field(default_factory=dict)
 
     @property
     def n(self) -> int:

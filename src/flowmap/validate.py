@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from flowmap.errors import InputError
+from flowmap.refine.config import RefineConfig
 
 if TYPE_CHECKING:
     from flowmap.correspondences import CorrespondenceConfig
@@ -23,6 +24,11 @@ if TYPE_CHECKING:
 
 MIN_FRAMES = 3
 """Fewest frames a reconstruction can use (two flow pairs)."""
+
+OUTPUT_CAMERA_MODELS = ("SIMPLE_PINHOLE", "PINHOLE")
+"""Camera models the refinement may adjust: the outputs (COLMAP model, transforms.json,
+intrinsics.json) describe a pinhole camera without distortion, so a distortion model
+(SIMPLE_RADIAL, which :mod:`flowmap.refine` can fit) is not offered to users."""
 
 
 def check_focal(focal_px: float | None) -> None:
@@ -72,6 +78,41 @@ def check_correspondence_config(cfg: CorrespondenceConfig) -> None:
     t = cfg.tracks
     if t.enabled and (t.query_every < 1 or t.grid < 1 or t.radius < 1):
         raise InputError("track query_every, grid and radius must be at least 1")
+
+
+REFINE_MODES = ("colmap", "none")
+
+
+def refine_config(mode: str, camera_model: str = "SIMPLE_PINHOLE") -> RefineConfig | None:
+    """The refinement settings of ``--refine MODE --camera-model MODEL``.
+
+    Returns:
+        A :class:`flowmap.refine.RefineConfig` for "colmap", None for "none" (no refinement).
+
+    Raises:
+        InputError: an unknown mode or camera model.
+    """
+    if mode not in REFINE_MODES:
+        raise InputError(f"unknown --refine {mode!r}; use one of {', '.join(REFINE_MODES)}")
+    if mode == "none":
+        return None
+    config = RefineConfig(camera_model=camera_model)
+    check_refine_config(config)
+    return config
+
+
+def check_refine_config(config: RefineConfig | None) -> None:
+    """Raise InputError for invalid refinement settings (None: no refinement, always valid)."""
+    if config is None:
+        return
+    if config.camera_model not in OUTPUT_CAMERA_MODELS:
+        raise InputError(
+            f"unknown --camera-model {config.camera_model!r}; use one of {', '.join(OUTPUT_CAMERA_MODELS)}"
+        )
+    try:
+        config.check()
+    except ValueError as exc:
+        raise InputError(f"invalid refinement settings: {exc}") from None
 
 
 def resolve_device(name: str) -> str:
@@ -126,6 +167,7 @@ def validate_run(source: Path | None, out: Path | None, config: RunConfig, overw
     check_steps(config.optim.steps)
     check_frame_config(config.frames)
     check_correspondence_config(config.correspondences)
+    check_refine_config(config.refine)
     device = resolve_device(config.device)
     if out is not None:
         check_out_dir(out, overwrite)

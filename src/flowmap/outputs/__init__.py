@@ -256,6 +256,7 @@ def write_summary(
             "K": rec.K_at(h, w).tolist(),
         },
         "losses": dict(rec.losses),
+        "refinement": dict(rec.refinement),
         "timings": timings,
         "time_s": float(time_before) + timings["outputs_s"],
         "peak_memory_mb": _peak_rss_mb(),

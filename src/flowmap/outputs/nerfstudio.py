@@ -13,6 +13,14 @@ top level of the JSON.
 
 Conversion: ``c2w_gl = c2w_cv @ diag(1, -1, -1, 1)`` (flip the camera y and z axes);
 the flip is its own inverse. The world frame is flowmap's (frame 0 = identity).
+
+``applied_transform``: nerfstudio's dataparser (``nerfstudio/data/dataparsers/
+nerfstudio_dataparser.py``) composes its ``dataparser_transform`` with the file's
+``applied_transform`` (3 x 4) when present; when it is absent and a COLMAP model exists at
+``<data>/colmap/sparse/0`` -- as flowmap writes one -- it assumes the axis swap of its own
+COLMAP converter was applied (rows (x, z, -y)). flowmap's poses are written in flowmap's
+world without any swap, so the file states the identity (what ``ns-process-data`` writes
+for an unchanged world); exports to the world frame then map back onto ``poses.txt``.
 """
 
 from __future__ import annotations
@@ -29,6 +37,8 @@ from flowmap.errors import InputError
 from flowmap.types import Frames, Reconstruction
 
 CV_TO_GL = np.diag([1.0, -1.0, -1.0, 1.0])
+APPLIED_TRANSFORM = np.eye(4)[:3]
+"""The world transform applied to the poses before writing: none (see the module docs)."""
 NERFSTUDIO_DEFAULT_DEPTH_UNIT = 1e-3
 UINT16_MAX = 65535
 
@@ -103,6 +113,7 @@ def write_transforms(
         "cy": float(K[1, 2]),
         "w": int(W),
         "h": int(H),
+        "applied_transform": APPLIED_TRANSFORM.tolist(),
     }
     if depth_dir is not None:
         unit = depth_unit_scale(rec.depth)

@@ -21,6 +21,7 @@ timings, final losses, warnings and metrics against ground truth.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import io
 import json
@@ -59,11 +60,14 @@ def write_report(rec: Reconstruction, out_dir: Path, gt_dir: Path | None = None)
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    metrics = None
+    metrics = metrics_before = None
     gt_c2w = None
     if gt_dir is not None:
         metrics = evaluate_reconstruction(rec, Path(gt_dir))
         gt_c2w = ground_truth_in_prediction_frame(rec, Path(gt_dir))
+        if rec.flowmap_c2w is not None:
+            unrefined = dataclasses.replace(rec, c2w=rec.flowmap_c2w, K=rec.flowmap_K)
+            metrics_before = evaluate_reconstruction(unrefined, Path(gt_dir))
 
     fig = report_figure(rec, gt_c2w, metrics)
     buffer = io.BytesIO()
@@ -73,7 +77,7 @@ def write_report(rec: Reconstruction, out_dir: Path, gt_dir: Path | None = None)
 
     atomic_write(out_dir / "report.png", png)
     html_path = out_dir / "report.html"
-    atomic_write(html_path, report_html(rec, png, metrics).encode("utf-8"))
+    atomic_write(html_path, report_html(rec, png, metrics, metrics_before).encode("utf-8"))
     return html_path
 
 
@@ -128,8 +132,17 @@ def view_axes(c2w: np.ndarray) -> np.ndarray:
     return np.stack([e1, np.cross(up, e1), up])
 
 
-def _plot_trajectory(ax, c2w: np.ndarray, gt_c2w: np.ndarray | None, axes: np.ndarray, dims: tuple[int, int]):
-    """Draw camera centres and viewing-direction ticks projected on ``axes[dims]``."""
+def _plot_trajectory(
+    ax,
+    c2w: np.ndarray,
+    gt_c2w: np.ndarray | None,
+    axes: np.ndarray,
+    dims: tuple[int, int],
+    unrefined_c2w: np.ndarray | None = None,
+):
+    """Draw camera centres and viewing-direction ticks projected on ``axes[dims]``;
+    ``unrefined_c2w`` (FlowMap's cameras before the refinement, same world) as a thin
+    orange line, when given."""
     basis = axes[list(dims)]  # (2, 3)
     finite = np.isfinite(c2w).all(axis=(1, 2))
     if not finite.any():
@@ -152,9 +165,13 @@ def _plot_trajectory(ax, c2w: np.ndarray, gt_c2w: np.ndarray | None, axes: np.nd
             LineCollection(np.stack([gt_xy, gt_xy + tick * gt_dir], axis=1), colors="0.55", linewidths=0.8)
         )
 
+    if unrefined_c2w is not None:
+        before = unrefined_c2w[np.isfinite(unrefined_c2w).all(axis=(1, 2)), :3, 3] @ basis.T
+        ax.plot(before[:, 0], before[:, 1], "-", color="tab:orange", lw=0.9, alpha=0.8, label="flowmap before refinement")
     direction = c2w[finite, :3, 2] @ basis.T
     frame_index = np.flatnonzero(finite)
-    ax.plot(xy[:, 0], xy[:, 1], "-", color="tab:blue", lw=1.0, alpha=0.6, label="flowmap")
+    label = "flowmap" if unrefined_c2w is None else "flowmap, refined"
+    ax.plot(xy[:, 0], xy[:, 1], "-", color="tab:blue", lw=1.0, alpha=0.6, label=label)
     ax.add_collection(
         LineCollection(np.stack([xy, xy + tick * direction], axis=1), colors="tab:blue", linewidths=0.9, alpha=0.8)
     )
@@ -275,14 +292,14 @@ def report_figure(rec: Reconstruction, gt_c2w: np.ndarray | None = None, metrics
 
     axes = view_axes(rec.c2w)
     ax_top = fig.add_subplot(top[0])
-    points = _plot_trajectory(ax_top, rec.c2w, gt_c2w, axes, (0, 1))
+    points = _plot_trajectory(ax_top, rec.c2w, gt_c2w, axes, (0, 1), rec.flowmap_c2w)
     ax_top.set_title("trajectory, top view (ticks: viewing direction)")
     ax_top.set_xlabel("horizontal 1 (main motion)")
     ax_top.set_ylabel("horizontal 2")
     if ax_top.get_legend_handles_labels()[0]:
         ax_top.legend(fontsize=8, loc="best")
     ax_side = fig.add_subplot(top[1])
-    _plot_trajectory(ax_side, rec.c2w, gt_c2w, axes, (0, 2))
+    _plot_trajectory(ax_side, rec.c2w, gt_c2w, axes, (0, 2), rec.flowmap_c2w)
     ax_side.set_title("trajectory, side view")
     ax_side.set_xlabel("horizontal 1 (main motion)")
     ax_side.set_ylabel("up (mean camera -y)")
@@ -329,8 +346,34 @@ def _table(title: str, rows: dict) -> str:
     return f"<h2>{html.escape(title)}</h2>\n<table>{body}</table>\n"
 
 
-def report_html(rec: Reconstruction, png: bytes, metrics: dict | None = None) -> str:
-    """Self-contained HTML page: the PNG embedded as base64 plus tables of numbers."""
+REFINEMENT_KEYS = (
+    "applied",
+    "termination",
+    "reinit",
+    "tracks",
+    "observations",
+    "reproj_px_before",
+    "reproj_px_after",
+    "focal_before",
+    "focal_after",
+    "depth_agreement_before",
+    "depth_agreement_after",
+)
+
+
+def _refinement_rows(refinement: dict) -> dict:
+    """The scalar entries of the refinement's statistics worth a table row (see :mod:`flowmap.refine`)."""
+    rows = {k: refinement[k] for k in REFINEMENT_KEYS if k in refinement}
+    if isinstance(refinement.get("seconds"), dict) and "total_s" in refinement["seconds"]:
+        rows["seconds"] = refinement["seconds"]["total_s"]
+    return rows
+
+
+def report_html(
+    rec: Reconstruction, png: bytes, metrics: dict | None = None, metrics_before: dict | None = None
+) -> str:
+    """Self-contained HTML page: the PNG embedded as base64 plus tables of numbers
+    (``metrics_before``: FlowMap's cameras before the refinement against the ground truth)."""
     H, W = rec.image_size
     h, w = rec.working_size
     summary = {
@@ -346,6 +389,7 @@ def report_html(rec: Reconstruction, png: bytes, metrics: dict | None = None) ->
     settings = html.escape(json.dumps(rec.settings, indent=2, default=str))
     image = base64.b64encode(png).decode("ascii")
     labelled_metrics = {METRIC_LABELS.get(k, k): v for k, v in (metrics or {}).items()}
+    labelled_before = {METRIC_LABELS.get(k, k): v for k, v in (metrics_before or {}).items()}
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>flowmap report</title>
 <style>
@@ -360,7 +404,9 @@ img {{ max-width: 100%; }}
 <img alt="trajectory, depth, weights and loss curves" src="data:image/png;base64,{image}">
 <div class="tables">
 <div>{_table("summary", summary)}{_table("metrics vs ground truth", labelled_metrics)}</div>
+<div>{_table("metrics before refinement", labelled_before)}</div>
 <div>{_table("final losses", rec.losses)}{_table("timings (s)", rec.timings)}</div>
+<div>{_table("refinement", _refinement_rows(rec.refinement))}</div>
 </div>
 <h2>warnings</h2><ul>{warnings}</ul>
 <details><summary>settings</summary><pre>{settings}</pre></details>

@@ -1,0 +1,196 @@
+"""Triangulation with given cameras and bundle adjustment in rounds, all in pycolmap.
+
+COLMAP's point triangulator (``pycolmap.triangulate_points``: track creation, merging,
+completion) and COLMAP's Ceres bundle adjuster (Schönberger & Frahm CVPR 2016; Triggs et
+al., "Bundle adjustment - a modern synthesis", 2000). One round = adjust all poses, the
+shared intrinsics and the points under a robust loss; drop observations beyond
+``filter_max_error_px``; re-triangulate every match with the adjusted cameras.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from flowmap.refine.colmap_io import c2w_from_rigid, rigid_from_c2w
+
+
+def build_reconstruction(database: Path, names: list[str], c2w: np.ndarray, K_params: list[float] | None = None):
+    """pycolmap.Reconstruction with the database's camera, images (keypoints) and given poses.
+
+    Args:
+        database: COLMAP database written by :mod:`flowmap.refine.features`.
+        names: frame names, index = frame.
+        c2w: (N, 4, 4) camera-to-world of the frames.
+        K_params: optional COLMAP camera parameters overriding the database's.
+    """
+    import pycolmap
+
+    db = pycolmap.Database.open(database)
+    try:
+        cameras = db.read_all_cameras()
+        if len(cameras) != 1:
+            raise RuntimeError(f"expected one shared camera in the database, found {len(cameras)}")
+        camera = cameras[0]
+        if K_params is not None:
+            camera.params = list(K_params)
+        rec = pycolmap.Reconstruction()
+        rec.add_camera_with_trivial_rig(camera)
+        index = {name: k for k, name in enumerate(names)}
+        for img in sorted(db.read_all_images(), key=lambda im: im.image_id):
+            kps = db.read_keypoints(img.image_id)[:, :2].astype(np.float64)
+            image = pycolmap.Image(name=img.name, keypoints=kps, camera_id=camera.camera_id, image_id=img.image_id)
+            rec.add_image_with_trivial_frame(image, rigid_from_c2w(c2w[index[img.name]]))
+    finally:
+        db.close()
+    return rec
+
+
+def image_ids(rec, names: list[str]) -> list[int]:
+    """Image id of each frame (index = frame)."""
+    by_name = {img.name: img_id for img_id, img in rec.images.items()}
+    return [by_name[n] for n in names]
+
+
+def poses(rec, names: list[str]) -> np.ndarray:
+    """(N, 4, 4) camera-to-world of the frames in ``rec``."""
+    ids = image_ids(rec, names)
+    return np.stack([c2w_from_rigid(rec.images[i].cam_from_world()) for i in ids])
+
+
+def triangulate(rec, database: Path, image_dir: Path, workdir: Path, cfg):
+    """Triangulate every verified match with the cameras of ``rec`` held fixed (new points)."""
+    import pycolmap
+
+    options = pycolmap.IncrementalPipelineOptions()
+    options.num_threads = cfg.num_threads
+    options.random_seed = cfg.seed
+    options.triangulation.min_angle = cfg.min_tri_angle_deg
+    options.triangulation.ignore_two_view_tracks = False
+    options.ba_refine_focal_length = False
+    options.ba_refine_principal_point = False
+    options.ba_refine_extra_params = False
+    out = workdir / "tri"
+    out.mkdir(parents=True, exist_ok=True)
+    return pycolmap.triangulate_points(rec, database, image_dir, out, clear_points=True, options=options, refine_intrinsics=False)
+
+
+def reprojection_stats(rec) -> dict:
+    """Mean reprojection error (px), points, observations of ``rec``; per-image observation counts."""
+    rec.update_point_3d_errors()
+    n_obs = {img_id: 0 for img_id in rec.images}
+    errs = []
+    for p in rec.points3D.values():
+        errs.append(p.error)
+        for el in p.track.elements:
+            n_obs[el.image_id] += 1
+    return {
+        "reproj_px": float(np.mean(errs)) if errs else float("nan"),
+        "points": int(rec.num_points3D()),
+        "observations": int(sum(n_obs.values())),
+        "per_image": n_obs,
+    }
+
+
+def _loss(name: str):
+    import pycolmap
+
+    return {
+        "cauchy": pycolmap.LossFunctionType.CAUCHY,
+        "soft_l1": pycolmap.LossFunctionType.SOFT_L1,
+        "huber": pycolmap.LossFunctionType.HUBER,
+        "trivial": pycolmap.LossFunctionType.TRIVIAL,
+    }[name]
+
+
+def bundle_adjust(rec, cfg, fixed_image: int, refine_intrinsics: bool = True, loss: str | None = None) -> dict:
+    """One Ceres bundle adjustment of all registered images, shared intrinsics and points.
+
+    The gauge is fixed by COLMAP's TWO_CAMS_FROM_WORLD gauge (``fixed_image`` is kept
+    for the record; COLMAP picks the two cameras). ``loss`` overrides ``cfg.loss``.
+
+    Returns:
+        dict with ``termination`` (Ceres termination type name), ``iterations``,
+        ``initial_cost``, ``final_cost``, ``usable`` (bool).
+    """
+    import pycolmap
+
+    options = pycolmap.BundleAdjustmentOptions()
+    options.refine_focal_length = refine_intrinsics
+    options.refine_principal_point = refine_intrinsics and cfg.refine_principal_point
+    options.refine_extra_params = refine_intrinsics and cfg.camera_model == "SIMPLE_RADIAL"
+    options.print_summary = False
+    options.ceres.loss_function_type = _loss(loss or cfg.loss)
+    options.ceres.loss_function_scale = cfg.loss_scale
+    solver = options.ceres.solver_options
+    solver.max_num_iterations = cfg.max_iterations
+    solver.num_threads = cfg.num_threads
+    solver.function_tolerance = 1e-7
+    solver.gradient_tolerance = 1e-10
+    solver.parameter_tolerance = 1e-9
+    config = pycolmap.BundleAdjustmentConfig()
+    for img_id in rec.reg_image_ids():
+        config.add_image(img_id)
+    config.fix_gauge(pycolmap.BundleAdjustmentGauge.TWO_CAMS_FROM_WORLD)
+    adjuster = pycolmap.create_default_bundle_adjuster(options, config, rec)
+    summary = adjuster.solve()
+    out = {"termination": str(summary.termination_type).split(".")[-1], "usable": bool(summary.is_solution_usable())}
+    try:
+        d = summary.todict()
+    except Exception:  # noqa: BLE001 - informational only
+        d = {}
+    out["num_residuals"] = d.get("num_residuals")
+    return out
+
+
+def filter_points(rec, cfg) -> int:
+    """Drop observations beyond the error bound, negative depth, small angle; count dropped."""
+    import pycolmap
+
+    return int(pycolmap.ObservationManager(rec).filter_all_points3D(cfg.filter_max_error_px, cfg.min_tri_angle_deg))
+
+
+def adjust_rounds(rec, database: Path, image_dir: Path, workdir: Path, names: list[str], cfg, timings: dict) -> tuple[object, list[dict]]:
+    """Rounds of adjust -> filter -> re-triangulate until the cameras stop moving.
+
+    Stops early when a round moves no camera centre by more than ``cfg.converge_tol`` of
+    the trajectory extent and the focal by less than ``cfg.converge_tol`` relative.
+
+    Returns:
+        (reconstruction after the last adjustment and filtering, per-round records).
+    """
+    records = []
+    for r in range(cfg.rounds):
+        before = poses(rec, names)
+        f_before = float(rec.cameras[next(iter(rec.cameras))].mean_focal_length())
+        t0 = time.perf_counter()
+        info = bundle_adjust(rec, cfg, fixed_image=image_ids(rec, names)[0])
+        timings["adjust_s"] = timings.get("adjust_s", 0.0) + time.perf_counter() - t0
+        dropped = filter_points(rec, cfg)
+        after = poses(rec, names)
+        f_after = float(rec.cameras[next(iter(rec.cameras))].mean_focal_length())
+        extent = float(np.linalg.norm(np.ptp(after[:, :3, 3], axis=0))) or 1.0
+        move = float(np.max(np.linalg.norm(after[:, :3, 3] - before[:, :3, 3], axis=1)) / extent)
+        stats = reprojection_stats(rec)
+        info.update(round=r + 1, dropped=dropped, max_move=move, focal=f_after, reproj_px=stats["reproj_px"], observations=stats["observations"])
+        records.append(info)
+        converged = move < cfg.converge_tol and abs(f_after - f_before) < cfg.converge_tol * f_before
+        info["converged"] = bool(converged)
+        if converged or r == cfg.rounds - 1:
+            break
+        t0 = time.perf_counter()
+        rec = triangulate(rec, database, image_dir, workdir, cfg)
+        timings["triangulate_s"] = timings.get("triangulate_s", 0.0) + time.perf_counter() - t0
+    if cfg.final_loss is not None:
+        t0 = time.perf_counter()
+        info = bundle_adjust(rec, cfg, fixed_image=image_ids(rec, names)[0], loss=cfg.final_loss)
+        timings["adjust_s"] = timings.get("adjust_s", 0.0) + time.perf_counter() - t0
+        dropped = filter_points(rec, cfg)
+        stats = reprojection_stats(rec)
+        f_after = float(rec.cameras[next(iter(rec.cameras))].mean_focal_length())
+        info.update(round="final", loss=cfg.final_loss, dropped=dropped, focal=f_after, reproj_px=stats["reproj_px"], observations=stats["observations"])
+        info["converged"] = records[-1]["converged"]
+        records.append(info)
+    return rec, records

@@ -1,0 +1,177 @@
+"""Configuration and result types of the refinement stage."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+CAMERA_MODELS = ("SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL")
+
+
+@dataclass(frozen=True)
+class RefineConfig:
+    """Settings of :func:`flowmap.refine.refine`.
+
+    Features (COLMAP SIFT, Schönberger & Frahm CVPR 2016):
+        max_num_features: SIFT keypoints per frame (cap).
+        max_image_side: longest side in pixels at which SIFT runs (None: input resolution);
+            COLMAP rescales keypoints back to input pixels.
+        sift_first_octave: COLMAP's first_octave (-1: the image is upsampled 2x first, as
+            COLMAP's default; 0: input resolution, about 3x cheaper extraction).
+        sift_peak_threshold: DoG peak threshold (COLMAP default 0.02 / octave_resolution);
+            lower finds more, weaker keypoints.
+        sift_dsp: domain-size pooling (DSP-SIFT, Dong & Soatto CVPR 2015) descriptors.
+            On by default: measured from the 300-step starts, ATE (paper) tum-office
+            0.00113 -> 0.00095-0.00098 (3 runs), llff-fern 0.00074 -> 0.00069-0.00073,
+            at about 2x the extraction time with ``sift_dsp_scales`` 4. first_octave 0
+            instead (3x cheaper) lost accuracy: fern 0.00074 -> 0.00116, office 0.00128.
+        sift_dsp_scales: number of pooled scales of DSP-SIFT (COLMAP default 10; cost grows
+            with it).
+        sift_affine: affine-shape estimation of the keypoints (COLMAP option).
+        guided_matching: COLMAP's guided matching after verification (matches re-searched
+            along the verified epipolar geometry).
+        verify_max_error_px: RANSAC inlier threshold (pixels) of the two-view verification
+            (COLMAP default 4).
+    Pair graph (chosen from the FlowMap cameras, see :mod:`flowmap.refine.pairs`):
+        exhaustive_max_frames: all pairs when N is at most this (20: fern's focal was
+            1.62 % exhaustive vs 1.72 % on the graph; castle-P30's 435 pairs -> 163 on
+            the graph cut matching 23 s -> 6-8 s with ATE 0.00112 -> 0.00076-0.00102).
+        temporal_window: always match frames i, i +- 1 .. k.
+        max_axis_angle_deg: a non-temporal pair needs optical axes closer than this.
+        min_overlap: fraction of frame i's depth samples that land inside frame j (and the
+            reverse) for a non-temporal pair.
+        max_pairs_per_frame: at most this many overlap pairs per frame (best overlap first).
+    Adjustment (COLMAP's Ceres bundle adjuster; Triggs et al. 2000):
+        camera_model: "SIMPLE_PINHOLE" (f; default), "PINHOLE" (fx, fy), "SIMPLE_RADIAL"
+            (f, k1). The principal point is refined only when refine_principal_point.
+        rounds: at most this many rounds of adjust -> filter -> re-triangulate.
+        converge_tol: the rounds stop when no camera centre moved by more than this
+            fraction of the trajectory extent and the focal by less than this fraction.
+        max_iterations: Ceres iterations per round.
+        loss: "cauchy", "soft_l1", "huber" or "trivial"; loss_scale in pixels.
+        final_loss: loss of one last adjustment after the rounds, on the filtered
+            inliers (None: skip). Plain least squares ("trivial") there, as COLMAP's
+            global adjustment does, measured better on tum-office (ATE 0.00110 ->
+            0.00096, focal 1.50 -> 1.30 %).
+        filter_max_error_px: observations beyond this reprojection error are removed
+            after each round.
+        min_tri_angle_deg: minimum triangulation angle of kept points.
+    Re-initialisation (GLOMAP, Pan et al. ECCV 2024, pycolmap.global_mapping):
+        reinit: "auto" (when FlowMap's relative rotations disagree with the verified
+            two-view geometry), "never" or "always".
+        reinit_rotation_deg: median disagreement (degrees) over verified pairs that
+            triggers "auto".
+        reinit_ba_rounds: bundle-adjustment rounds inside the global mapper (GLOMAP's
+            ba_num_iterations, COLMAP default 3); the rounds below adjust again anyway.
+            1 with no re-triangulation saves ~3 s but tum-rpy's ATE was 0.051-0.058
+            (3 runs) against 0.047-0.053 with COLMAP's defaults, so those stay for
+            short sequences.
+        reinit_light_from_frames: from this many frames on, the global mapper runs with
+            one adjustment round and no re-triangulation (the full mapper took 207 s of
+            a loaded machine on tum-rpy-long's 229 frames, more than COLMAP's whole run).
+        reinit_retriangulate: let the global mapper re-triangulate before its last
+            adjustment (the rounds below re-triangulate from the matches anyway).
+    Safety:
+        min_observations_per_frame: a frame with fewer adjusted observations keeps its
+            FlowMap pose (after the global similarity) and is named in a warning.
+        max_jump: largest allowed camera displacement after the similarity, as a
+            fraction of the trajectory extent (plus median scene depth), when the
+            adjustment started from the FlowMap cameras; more means "cameras jumping".
+        max_focal_ratio: the adjusted focal must stay within [1/r, r] x FlowMap's.
+        max_weak_fraction: more unconstrained frames than this fraction of N rejects
+            the refinement.
+    Depth:
+        depth_grid: nodes (rows, cols) of the per-frame smooth multiplicative depth
+            correction fitted to the adjusted points (None: per-frame scale only).
+    Misc:
+        num_threads: threads for COLMAP (extraction, matching, Ceres).
+        seed: COLMAP random seed.
+    """
+
+    max_num_features: int = 4096
+    max_image_side: int | None = None
+    sift_first_octave: int = -1
+    sift_peak_threshold: float = 0.02 / 3
+    sift_dsp: bool = True
+    sift_dsp_scales: int = 4
+    sift_affine: bool = False
+    guided_matching: bool = False
+    verify_max_error_px: float = 4.0
+    exhaustive_max_frames: int = 20
+    temporal_window: int = 5
+    max_axis_angle_deg: float = 60.0
+    min_overlap: float = 0.3
+    max_pairs_per_frame: int = 8
+    camera_model: str = "SIMPLE_PINHOLE"
+    refine_principal_point: bool = False
+    rounds: int = 4
+    converge_tol: float = 1e-3
+    max_iterations: int = 200
+    loss: str = "cauchy"
+    loss_scale: float = 1.0
+    final_loss: str | None = "trivial"
+    filter_max_error_px: float = 4.0
+    min_tri_angle_deg: float = 1.5
+    reinit: str = "auto"
+    reinit_rotation_deg: float = 3.0
+    reinit_ba_rounds: int = 3
+    reinit_retriangulate: bool = True
+    reinit_light_from_frames: int = 100
+    min_observations_per_frame: int = 20
+    max_jump: float = 0.5
+    max_focal_ratio: float = 1.5
+    max_weak_fraction: float = 0.25
+    depth_grid: tuple[int, int] | None = (4, 4)
+    num_threads: int = 2
+    seed: int = 0
+
+    def check(self) -> None:
+        """Raise ValueError on an invalid setting."""
+        if self.camera_model not in CAMERA_MODELS:
+            raise ValueError(f"camera_model must be one of {CAMERA_MODELS}, got {self.camera_model!r}")
+        if self.loss not in ("cauchy", "soft_l1", "huber", "trivial") or self.final_loss not in (None, "cauchy", "soft_l1", "huber", "trivial"):
+            raise ValueError(f"loss must be cauchy, soft_l1, huber or trivial, got {self.loss!r}")
+        if self.reinit not in ("auto", "never", "always"):
+            raise ValueError(f"reinit must be auto, never or always, got {self.reinit!r}")
+        if self.max_num_features < 64 or self.rounds < 1 or self.max_iterations < 1:
+            raise ValueError("max_num_features >= 64, rounds >= 1 and max_iterations >= 1 are required")
+        if self.max_image_side is not None and self.max_image_side < 64:
+            raise ValueError(f"max_image_side must be None or >= 64, got {self.max_image_side}")
+        if self.sift_first_octave not in (-1, 0, 1) or self.sift_dsp_scales < 1 or self.sift_peak_threshold <= 0:
+            raise ValueError("sift_first_octave must be -1, 0 or 1, sift_dsp_scales >= 1 and sift_peak_threshold > 0")
+        if self.verify_max_error_px <= 0 or self.converge_tol <= 0 or self.reinit_ba_rounds < 1:
+            raise ValueError("verify_max_error_px > 0, converge_tol > 0 and reinit_ba_rounds >= 1 are required")
+        if self.temporal_window < 1 or self.max_pairs_per_frame < 0 or self.exhaustive_max_frames < 0:
+            raise ValueError("temporal_window >= 1, max_pairs_per_frame >= 0 and exhaustive_max_frames >= 0 are required")
+
+
+@dataclass
+class Refinement:
+    """Result of :func:`flowmap.refine.refine`, in FlowMap's frame (c2w[0] = I, FlowMap's scale).
+
+    Attributes:
+        c2w: (N, 4, 4) float64 refined camera-to-world, OpenCV axes.
+        K: (3, 3) float64 refined intrinsics, pixels of the input frames, pixel centre of
+            column i at u = i.
+        depth_scale: (N,) float64 factors; depth[i] * depth_scale[i] agrees with the
+            refined cameras (1 where a frame sees too few points, see warnings).
+        points_xyz: (P, 3) float64 adjusted 3D points, same frame and units as c2w.
+        points_rgb: (P, 3) uint8 colours.
+        stats: measurements (see :func:`flowmap.refine.refine`).
+        warnings: human-readable warnings.
+        applied: False when the FlowMap cameras were kept (c2w and K are then the input).
+        depth: (N, h, w) float32 depth consistent with the refined cameras (input depth
+            times a smooth per-frame correction field, or times depth_scale when
+            ``depth_grid`` is None); None when not applied.
+    """
+
+    c2w: np.ndarray
+    K: np.ndarray
+    depth_scale: np.ndarray
+    points_xyz: np.ndarray
+    points_rgb: np.ndarray
+    stats: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    applied: bool = True
+    depth: np.ndarray | None = None

@@ -1,0 +1,234 @@
+"""The refinement stage: FlowMap cameras -> COLMAP-accurate cameras, one pure function."""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from flowmap.refine import adjust, depth as depth_mod, features, pairs as pairs_mod, reinit as reinit_mod
+from flowmap.refine.colmap_io import camera_K, quiet_colmap, transform_c2w, umeyama
+from flowmap.refine.config import RefineConfig, Refinement
+
+
+def _check_inputs(images, c2w, K, depth) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    images = np.asarray(images)
+    c2w = np.asarray(c2w, dtype=np.float64)
+    K = np.asarray(K, dtype=np.float64)
+    depth = np.asarray(depth, dtype=np.float32)
+    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+        raise ValueError(f"images must be (N, H, W, 3) uint8, got {images.shape} {images.dtype}")
+    n = len(images)
+    if n < 3:
+        raise ValueError(f"refine needs at least 3 frames, got {n}")
+    if c2w.shape != (n, 4, 4) or not np.isfinite(c2w).all():
+        raise ValueError(f"c2w must be finite (N, 4, 4) with N = {n}, got {c2w.shape}")
+    if K.shape != (3, 3) or not np.isfinite(K).all() or K[0, 0] <= 0 or K[1, 1] <= 0:
+        raise ValueError(f"K must be a finite (3, 3) intrinsics matrix with positive focal, got {K}")
+    if depth.ndim != 3 or len(depth) != n:
+        raise ValueError(f"depth must be (N, h, w) with N = {n}, got {depth.shape}")
+    return images, c2w, K, depth
+
+
+def _fallback(c2w, K, n, stats, warnings, message) -> Refinement:
+    warnings.append(message)
+    stats["termination"] = "fallback"
+    return Refinement(c2w.copy(), K.copy(), np.ones(n), np.zeros((0, 3)), np.zeros((0, 3), np.uint8), stats, warnings, applied=False, depth=None)
+
+
+def refine(images, c2w, K, depth, config: RefineConfig = RefineConfig(), progress: bool = True) -> Refinement:
+    """Refine FlowMap's cameras with SIFT matches, triangulation and bundle adjustment.
+
+    Pipeline (all geometry by COLMAP through pycolmap, Schönberger & Frahm CVPR 2016):
+    SIFT per frame -> pose-guided pair graph -> matching + two-view verification ->
+    [re-initialisation by COLMAP's global mapper (GLOMAP, Pan et al. ECCV 2024) when
+    FlowMap's relative rotations disagree with the verified geometry] -> triangulation
+    with the cameras fixed -> rounds of Ceres bundle adjustment (all poses, shared
+    focal, robust loss), outlier filtering and re-triangulation -> one similarity back
+    to FlowMap's frame -> per-frame depth scales.
+
+    Args:
+        images: (N, H, W, 3) uint8 RGB frames at the input resolution, N >= 3.
+        c2w: (N, 4, 4) float64 camera-to-world, OpenCV axes (FlowMap's result).
+        K: (3, 3) float64 intrinsics in input pixels; pixel centre of column i at u = i.
+        depth: (N, h, w) float32 z-depth at the working resolution, same scale as c2w.
+        config: :class:`RefineConfig`.
+        progress: print one line per sub-step to stderr.
+
+    Returns:
+        :class:`Refinement` in FlowMap's frame: c2w[0] = I and the trajectory's scale
+        matched to FlowMap's by a similarity on the camera centres, so depth *
+        depth_scale is in the units of c2w. ``stats`` holds: pairs (chosen, by reason,
+        verified), rotation_disagreement_deg, reinit, reinit_light, tracks, observations,
+        reproj_px_before / after, focal_before / after, rounds (list of per-round
+        records), termination, seconds (per sub-step), depth_agreement_before / after,
+        unconstrained_frames, max_jump.
+
+    Raises:
+        ValueError: malformed inputs or configuration.
+    """
+    config.check()
+    images, c2w, K, depth = _check_inputs(images, c2w, K, depth)
+    n, H, W = images.shape[:3]
+    warnings: list[str] = []
+    stats: dict = {"frames": n, "seconds": {}}
+    sec = stats["seconds"]
+    t_all = time.perf_counter()
+
+    def say(msg: str) -> None:
+        if progress:
+            print(f"[refine] {msg}", file=sys.stderr, flush=True)
+
+    K_work = depth_mod.working_K(K, (H, W), depth.shape[1:])
+    f_before = 0.5 * (K[0, 0] + K[1, 1])
+    stats["focal_before"] = float(f_before)
+
+    with tempfile.TemporaryDirectory(prefix="flowmap-refine-") as tmp, quiet_colmap(False):
+        import pycolmap
+
+        pycolmap.set_random_seed(config.seed)
+        work = Path(tmp)
+        image_dir, db = work / "images", work / "database.db"
+        t0 = time.perf_counter()
+        names = features.write_images(images, image_dir)
+        features.extract(db, image_dir, names, K, config)
+        sec["features_s"] = time.perf_counter() - t0
+        say(f"SIFT on {n} frames: {sec['features_s']:.1f} s")
+
+        t0 = time.perf_counter()
+        pair_list, by_reason = pairs_mod.choose_pairs(c2w, K_work, depth, config)
+        sec["pairs_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        features.match_pairs(db, pair_list, names, work, config)
+        verified = features.read_verified(db, names)
+        sec["match_s"] = time.perf_counter() - t0
+        stats["pairs"] = {"chosen": len(pair_list), **by_reason, "verified": len(verified)}
+        say(f"matched {len(pair_list)} pairs ({by_reason}), {len(verified)} verified: {sec['match_s']:.1f} s")
+        if len(verified) < max(2, n // 4):
+            return _fallback(c2w, K, n, stats, warnings, f"refinement skipped: only {len(verified)} of {len(pair_list)} pairs verified; FlowMap cameras kept")
+
+        # Before: triangulate with FlowMap's cameras (the reference for the safety checks).
+        t0 = time.perf_counter()
+        rec0 = adjust.build_reconstruction(db, names, c2w)
+        rec0 = adjust.triangulate(rec0, db, image_dir, work, config)
+        sec["triangulate_s"] = time.perf_counter() - t0
+        ids = adjust.image_ids(rec0, names)
+        s0 = adjust.reprojection_stats(rec0)
+        stats["reproj_px_before"] = s0["reproj_px"]
+        stats["observations_before"] = s0["observations"]
+        _, agree0, _ = depth_mod.fit_scales(depth, c2w, K_work, depth_mod.points_per_frame(rec0, ids))
+        stats["depth_agreement_before"] = agree0
+
+        reinit_mod.relative_rotations(db, verified, K, config)
+        disagreement, n_used = reinit_mod.rotation_disagreement(c2w, verified)
+        stats["rotation_pairs"] = n_used
+        stats["rotation_disagreement_deg"] = disagreement
+        do_reinit = config.reinit == "always" or (
+            config.reinit == "auto" and (not np.isfinite(disagreement) or disagreement > config.reinit_rotation_deg)
+        )
+        stats["reinit"] = False
+        start_c2w = c2w
+        rec = rec0
+        if do_reinit:
+            t0 = time.perf_counter()
+            g = reinit_mod.global_reinit(db, image_dir, work, names, c2w, config)
+            sec["reinit_s"] = time.perf_counter() - t0
+            if g is None:
+                warnings.append("re-initialisation by the global mapper failed; adjusting from the FlowMap cameras")
+            else:
+                stats["reinit"] = True
+                stats["reinit_light"] = n >= config.reinit_light_from_frames
+                stats["reinit_registered"] = int(g["registered"].sum())
+                start_c2w = g["c2w"]
+                rec = adjust.build_reconstruction(db, names, start_c2w, g["params"])
+                rec = adjust.triangulate(rec, db, image_dir, work, config)
+                say(f"re-initialised ({disagreement:.1f} deg disagreement): {g['registered'].sum()}/{n} registered, {sec['reinit_s']:.1f} s")
+
+        rec, rounds = adjust.adjust_rounds(rec, db, image_dir, work, names, config, sec)
+        stats["rounds"] = rounds
+        last = rounds[-1]
+        n_rounds = sum(1 for r in rounds if r["round"] != "final")
+        stats["termination"] = (
+            f"converged after {n_rounds} rounds" if last.get("converged") else f"round cap ({config.rounds}) reached, cameras still moving"
+        ) + f", last Ceres: {last['termination']}"
+        s1 = adjust.reprojection_stats(rec)
+        stats.update(tracks=s1["points"], observations=s1["observations"], reproj_px_after=s1["reproj_px"])
+        say(f"{n_rounds} rounds: reproj {s0['reproj_px']:.3f} -> {s1['reproj_px']:.3f} px, {s1['points']} tracks, {s1['observations']} obs")
+
+        refined = adjust.poses(rec, names)
+        camera = rec.cameras[next(iter(rec.cameras))]
+        K_new = camera_K(camera)
+        per_image = s1["per_image"]
+        weak = [k for k in range(n) if per_image.get(ids[k], 0) < config.min_observations_per_frame]
+        good = np.array([k not in weak for k in range(n)])
+        stats["unconstrained_frames"] = weak
+
+        # Safety: is the adjusted result worse by its own measures?
+        reasons = []
+        if not last["usable"]:
+            reasons.append("Ceres reported an unusable solution")
+        if good.sum() < 3:
+            reasons.append(f"only {good.sum()} frames constrained")
+        if not (s1["reproj_px"] <= max(s0["reproj_px"], 1e-9) * 1.05 or stats["reinit"]):
+            reasons.append(f"reprojection error grew ({s0['reproj_px']:.2f} -> {s1['reproj_px']:.2f} px)")
+        if s1["observations"] < 0.5 * s0["observations"] and not stats["reinit"]:
+            reasons.append(f"inlier observations fell ({s0['observations']} -> {s1['observations']})")
+        ratio = K_new[0, 0] / f_before if np.isfinite(K_new).all() else np.nan
+        if not 1.0 / config.max_focal_ratio <= ratio <= config.max_focal_ratio:
+            reasons.append(f"focal moved too far ({f_before:.1f} -> {K_new[0, 0]:.1f} px)")
+        if len(weak) > config.max_weak_fraction * n:
+            reasons.append(f"{len(weak)} of {n} frames left unconstrained")
+        if reasons:
+            return _fallback(c2w, K, n, stats, warnings, "refinement rejected, FlowMap cameras kept: " + "; ".join(reasons))
+
+        # Back to FlowMap's frame: similarity on constrained camera centres, then c2w[0] = I.
+        s, R, t = umeyama(refined[good, :3, 3], c2w[good, :3, 3])
+        aligned = transform_c2w(refined, s, R, t)
+        extent = float(np.linalg.norm(np.ptp(c2w[:, :3, 3], axis=0)))
+        scene = float(np.median(depth[np.isfinite(depth) & (depth > 0)])) if np.any(depth > 0) else 0.0
+        jump = float(np.max(np.linalg.norm(aligned[good, :3, 3] - c2w[good, :3, 3], axis=1)) / max(extent + scene, 1e-12))
+        stats["max_jump"] = jump
+        if jump > config.max_jump and not stats["reinit"]:
+            return _fallback(c2w, K, n, stats, warnings, f"refinement rejected, FlowMap cameras kept: cameras jumped by {jump:.2f} of the scene extent")
+        good_idx = np.flatnonzero(good)
+        for k in weak:
+            # FlowMap's own pose relative to the nearest constrained frame, so the weak
+            # frame neither jumps nor turns against its neighbours (the similarity has
+            # already brought both trajectories to FlowMap's scale).
+            nb = int(good_idx[np.argmin(np.abs(good_idx - k))])
+            aligned[k] = aligned[nb] @ np.linalg.inv(c2w[nb]) @ c2w[k]
+        if weak:
+            warnings.append(
+                f"frames {weak} have fewer than {config.min_observations_per_frame} adjusted observations: "
+                "they keep their FlowMap pose relative to the nearest refined frame"
+            )
+        anchor = np.linalg.inv(aligned[0])
+        out_c2w = anchor @ aligned
+
+        def to_out(x: np.ndarray) -> np.ndarray:
+            y = s * x @ R.T + t
+            return y @ anchor[:3, :3].T + anchor[:3, 3]
+
+        t0 = time.perf_counter()
+        pts = depth_mod.points_per_frame(rec, ids, transform=to_out)
+        scales, _, agree1 = depth_mod.fit_scales(depth, out_c2w, depth_mod.working_K(K_new, (H, W), depth.shape[1:]), pts)
+        stats["depth_agreement_after"] = agree1
+        Kw_new = depth_mod.working_K(K_new, (H, W), depth.shape[1:])
+        stats["depth_agreement_unscaled_after"] = depth_mod.fit_scales(depth, out_c2w, Kw_new, pts)[1]
+        depth_out = depth * scales[:, None, None].astype(np.float32)
+        if config.depth_grid is not None:
+            depth_out, held, ins = depth_mod.fit_correction(depth, out_c2w, Kw_new, pts, grid=config.depth_grid)
+            stats["depth_agreement_field_heldout"] = held
+            stats["depth_agreement_field"] = ins
+        rec.extract_colors_for_all_images(str(image_dir))
+        xyz = np.array([p.xyz for p in rec.points3D.values()]).reshape(-1, 3)
+        rgb = np.array([p.color for p in rec.points3D.values()], dtype=np.uint8).reshape(-1, 3)
+        sec["depth_s"] = time.perf_counter() - t0
+
+    stats["focal_after"] = float(0.5 * (K_new[0, 0] + K_new[1, 1]))
+    sec["total_s"] = time.perf_counter() - t_all
+    say(f"focal {f_before:.2f} -> {stats['focal_after']:.2f} px, depth agreement {agree0:.4f} -> {agree1:.4f}, {sec['total_s']:.1f} s")
+    return Refinement(out_c2w, K_new, scales, to_out(xyz) if len(xyz) else xyz, rgb, stats, warnings, applied=True, depth=depth_out)

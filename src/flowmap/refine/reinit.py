@@ -1,0 +1,131 @@
+"""Re-initialisation of the cameras from the verified matches when FlowMap's chain is wrong.
+
+Trigger: the median angle between FlowMap's relative rotation and the verified two-view
+geometry's relative rotation (COLMAP's essential-matrix decomposition) over the verified
+pairs. Re-initialisation: COLMAP's global mapper (GLOMAP, Pan et al. ECCV 2024:
+rotation averaging, global positioning, bundle adjustment) on the same database, with
+FlowMap's focal as the prior; the result is aligned to the FlowMap cameras with one
+similarity on the camera centres (Umeyama). Frames it does not register keep their
+FlowMap pose.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from flowmap.refine.colmap_io import c2w_from_rigid, camera_K, rotation_angle_deg, transform_c2w, umeyama
+
+
+def relative_rotations(database: Path, verified: list[dict], K: np.ndarray, cfg, max_pairs: int = 150) -> None:
+    """Fill in ``R`` for verified pairs that COLMAP left uncalibrated (in place).
+
+    COLMAP labels a pair UNCALIBRATED when a fundamental matrix explains the matches
+    clearly better than an essential matrix with the prior camera, which happens when
+    FlowMap's focal is a few percent off; its stored pose is then unreliable. Here an
+    essential matrix is re-estimated (LO-RANSAC, cheirality check:
+    ``pycolmap.estimate_essential_matrix``) on the inlier matches with FlowMap's K, for
+    the ``max_pairs`` pairs with most inliers. Pure-rotation / planar pairs are skipped.
+    """
+    import pycolmap
+
+    from flowmap.refine.colmap_io import camera_params
+
+    camera = pycolmap.Camera(model="SIMPLE_PINHOLE", width=int(2 * K[0, 2] + 1), height=int(2 * K[1, 2] + 1), params=camera_params(K, "SIMPLE_PINHOLE"))
+    todo = [p for p in verified if p["R"] is None and p["config"] == int(pycolmap.TwoViewGeometryConfiguration.UNCALIBRATED)]
+    todo = sorted(todo, key=lambda p: -p["inliers"])[:max_pairs]
+    if not todo:
+        return
+    db = pycolmap.Database.open(database)
+    try:
+        ids = {img.name: img.image_id for img in db.read_all_images()}
+        order = sorted(ids, key=lambda n: n)
+        kps = {}
+        ransac = pycolmap.RANSACOptions()
+        ransac.max_error = 2.0
+        ransac.random_seed = cfg.seed
+        for p in todo:
+            for k in (p["i"], p["j"]):
+                if k not in kps:
+                    kps[k] = db.read_keypoints(ids[order[k]])[:, :2].astype(np.float64)
+            m = p["matches"]
+            res = pycolmap.estimate_essential_matrix(kps[p["i"]][m[:, 0]], kps[p["j"]][m[:, 1]], camera, camera, ransac)
+            if res is None or "cam2_from_cam1" not in res:
+                continue
+            M = res["cam2_from_cam1"].matrix()
+            p["R"], p["t"] = M[:, :3].copy(), M[:, 3].copy()
+    finally:
+        db.close()
+
+
+def rotation_disagreement(c2w: np.ndarray, verified: list[dict], min_inliers: int = 30) -> tuple[float, int]:
+    """Median angle (degrees) between FlowMap's and the verified relative rotations.
+
+    Args:
+        c2w: (N, 4, 4) FlowMap cameras.
+        verified: pairs from :func:`flowmap.refine.features.read_verified` (after
+            :func:`relative_rotations`).
+        min_inliers: pairs with fewer inliers are ignored.
+
+    Returns:
+        (median angle in degrees (NaN if no pair qualifies), number of pairs used).
+    """
+    angles = []
+    for p in verified:
+        if p["R"] is None or p["inliers"] < min_inliers:
+            continue
+        i, j = p["i"], p["j"]
+        R_fm = c2w[j, :3, :3].T @ c2w[i, :3, :3]  # cam_j_from_cam_i
+        angles.append(float(rotation_angle_deg(R_fm, p["R"])))
+    if not angles:
+        return float("nan"), 0
+    return float(np.median(angles)), len(angles)
+
+
+def global_reinit(database: Path, image_dir: Path, workdir: Path, names: list[str], c2w: np.ndarray, cfg) -> dict | None:
+    """Cameras from COLMAP's global mapper aligned to the FlowMap frame; None if it fails.
+
+    Returns:
+        dict with ``c2w`` (N, 4, 4) (registered frames from the mapper after the similarity,
+        others FlowMap's), ``K`` (3, 3) flowmap convention, ``registered`` (N,) bool,
+        ``params`` (COLMAP camera parameters).
+    """
+    import pycolmap
+
+    options = pycolmap.GlobalPipelineOptions()
+    options.num_threads = cfg.num_threads
+    options.random_seed = cfg.seed
+    options.multiple_models = False
+    options.mapper.bundle_adjustment.refine_principal_point = cfg.refine_principal_point
+    options.mapper.bundle_adjustment.refine_extra_params = cfg.camera_model == "SIMPLE_RADIAL"
+    options.mapper.bundle_adjustment.ceres.use_gpu = False
+    options.mapper.global_positioning.use_gpu = False
+    light = len(names) >= cfg.reinit_light_from_frames
+    options.mapper.ba_num_iterations = 1 if light else int(cfg.reinit_ba_rounds)
+    options.mapper.skip_retriangulation = light or not cfg.reinit_retriangulate
+    out = workdir / "global"
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        models = pycolmap.global_mapping(database, image_dir, out, options=options)
+    except Exception:  # noqa: BLE001 - COLMAP raises plain RuntimeError on failure
+        return None
+    models = [m for m in models.values() if m.num_reg_images() >= 3]
+    if not models:
+        return None
+    best = max(models, key=lambda m: m.num_reg_images())
+    index = {n: k for k, n in enumerate(names)}
+    reg = np.zeros(len(names), bool)
+    g = np.array(c2w, dtype=np.float64, copy=True)
+    for img in best.images.values():
+        if img.has_pose and img.name in index:
+            k = index[img.name]
+            g[k] = c2w_from_rigid(img.cam_from_world())
+            reg[k] = True
+    if reg.sum() < 3:
+        return None
+    s, R, t = umeyama(g[reg, :3, 3], c2w[reg, :3, 3])
+    aligned = transform_c2w(g, s, R, t)
+    result = np.where(reg[:, None, None], aligned, c2w)
+    camera = next(iter(best.cameras.values()))
+    return {"c2w": result, "K": camera_K(camera), "registered": reg, "params": list(camera.params)}

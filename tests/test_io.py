@@ -1,0 +1,124 @@
+"""Tests of flowmap.io: atomic folders, leftovers of killed runs, the lock on OUT."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flowmap.errors import InputError
+from flowmap.io import atomic_dir, clean_stale, lock_out
+
+
+def dead_pid() -> int:
+    """The id of a process that has exited (a finished child)."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_killed_replacement_restores_previous_result(tmp_path):
+    """A kill between the two renames of --overwrite leaves OUT.old-<pid> only: the next
+    atomic_dir puts it back first, then replaces it as usual (issue 11.7)."""
+    out = tmp_path / "OUT"
+    old = tmp_path / f"OUT.old-{dead_pid()}"
+    old.mkdir()
+    (old / "poses.txt").write_text("previous")
+    assert clean_stale(out) == [old]
+    assert (out / "poses.txt").read_text() == "previous" and not old.exists()
+
+
+def test_stale_tmp_of_dead_process_removed_living_kept(tmp_path):
+    out = tmp_path / "OUT"
+    dead = tmp_path / f"OUT.tmp-{dead_pid()}"
+    living = tmp_path / f"OUT.tmp-{os.getppid()}"
+    dead.mkdir()
+    living.mkdir()
+    with atomic_dir(out) as tmp:
+        (tmp / "a.txt").write_text("new")
+    assert not dead.exists() and living.exists()
+    assert (out / "a.txt").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["OUT", living.name])
+
+
+def test_old_of_dead_process_removed_when_out_exists(tmp_path):
+    out = tmp_path / "OUT"
+    out.mkdir()
+    (out / "poses.txt").write_text("current")
+    old = tmp_path / f"OUT.old-{dead_pid()}"
+    old.mkdir()
+    clean_stale(out)
+    assert not old.exists() and (out / "poses.txt").read_text() == "current"
+
+
+def test_atomic_dir_flushes_before_rename(tmp_path, monkeypatch):
+    """Every file and folder is fsynced before the final rename (durable replacement)."""
+    synced: list[str] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real_fsync(fd)))
+    out = tmp_path / "OUT"
+    with atomic_dir(out) as tmp:
+        (tmp / "sub").mkdir()
+        (tmp / "sub" / "b.bin").write_bytes(b"1")
+    names = {Path(p).name for p in synced}
+    assert {"b.bin", "sub", tmp.name, tmp_path.name} <= names
+
+
+def _hold(path: str, ready, release) -> None:
+    with lock_out(Path(path)):
+        ready.set()
+        release.wait(30)
+
+
+def test_second_writer_of_same_out_refused(tmp_path):
+    """Two runs writing one OUT at once: the second gets one line, the first keeps going (issue 11.5)."""
+    out = tmp_path / "OUT"
+    ctx = multiprocessing.get_context("spawn")
+    ready, release = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold, args=(str(out), ready, release))
+    holder.start()
+    try:
+        assert ready.wait(60)
+        with pytest.raises(InputError, match="another flowmap run is writing"):
+            with lock_out(out):
+                pass
+    finally:
+        release.set()
+        holder.join(30)
+    with lock_out(out):  # free again once the first one finished
+        pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".OUT.lock"]
+
+
+def test_cli_run_refuses_out_locked_by_another_run(tmp_path):
+    """`flowmap run` into an OUT another run holds: exit 2, one line, nothing written."""
+    import numpy as np
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from flowmap.cli import app
+
+    images = tmp_path / "frames"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(images / f"{i}.png")
+    out = tmp_path / "OUT"
+    ctx = multiprocessing.get_context("spawn")
+    ready, release = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold, args=(str(out), ready, release))
+    holder.start()
+    try:
+        assert ready.wait(60)
+        result = CliRunner().invoke(app, ["run", str(images), "-o", str(out), "--quiet"])
+    finally:
+        release.set()
+        holder.join(30)
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "another flowmap run is writing" in lines[0]
+    assert not out.exists() and not (tmp_path / "OUT.cache").exists()

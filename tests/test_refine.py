@@ -1,0 +1,161 @@
+"""Tests of the refinement stage (flowmap.refine): COLMAP matches + bundle adjustment.
+
+- synthetic scene, perturbed cameras and focal: refine recovers the truth;
+- garbage cameras: with re-initialisation off, refine refuses (applied=False, warning,
+  FlowMap cameras returned); with it on (default "auto"), it re-initialises from the
+  matches and recovers the truth;
+- a 16-frame subset of the real fox sequence from perturbed ground truth (skipped when
+  ../shared/data is absent).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+
+pytest.importorskip("pycolmap")
+
+from flowmap.evaluation import evaluate, read_ground_truth  # noqa: E402
+from flowmap.refine import RefineConfig, Refinement, refine  # noqa: E402
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def _anchor(c2w: np.ndarray) -> np.ndarray:
+    return np.linalg.inv(c2w[0]) @ c2w
+
+
+def _perturb(c2w: np.ndarray, rot_deg: float, trans: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    out = _anchor(c2w).copy()
+    for i in range(1, len(out)):
+        out[i, :3, :3] = Rotation.from_rotvec(rng.normal(0, np.radians(rot_deg), 3)).as_matrix() @ out[i, :3, :3]
+        out[i, :3, 3] += rng.normal(0, trans, 3)
+    return out
+
+
+@pytest.fixture(scope="module")
+def scene():
+    from flowmap.synthetic import make_scene
+
+    return make_scene(n_frames=16, height=240, width=320, seed=0, path="orbit")
+
+
+def _check_frame(res: Refinement, start: np.ndarray) -> None:
+    """Output in FlowMap's frame: c2w[0] = I, scale comparable to the start."""
+    assert np.allclose(res.c2w[0], np.eye(4), atol=1e-9)
+    ext_out = np.linalg.norm(np.ptp(res.c2w[:, :3, 3], axis=0))
+    ext_in = np.linalg.norm(np.ptp(start[:, :3, 3], axis=0))
+    assert 0.8 < ext_out / ext_in < 1.25
+
+
+def test_refine_recovers_perturbed_synthetic_cameras(scene):
+    gt = _anchor(scene.c2w)
+    start = _perturb(scene.c2w, rot_deg=1.0, trans=0.03, seed=0)
+    K0 = scene.K.copy()
+    K0[0, 0] *= 1.05
+    K0[1, 1] *= 1.05
+    depth = scene.depth[:, ::2, ::2]  # working resolution = half the input
+    res = refine(scene.images, start, K0, depth, RefineConfig(), progress=False)
+    assert res.applied and not res.warnings
+    before = evaluate(start, gt, K0[0, 0], scene.K[0, 0])
+    after = evaluate(res.c2w, gt, res.K[0, 0], scene.K[0, 0])
+    assert before["ate_paper"] > 5e-3 and before["rpe_rot_deg"] > 1.0
+    assert after["ate_paper"] < 5e-4
+    assert after["rpe_rot_deg"] < 0.05
+    assert after["focal_rel_error"] < 0.015
+    assert after["n_registered"] == len(gt)
+    _check_frame(res, start)
+    # depth (true up to the global scale) agrees with the adjusted points after scaling
+    assert res.stats["depth_agreement_after"] < 0.01
+    assert res.depth_scale.shape == (len(gt),) and np.all(res.depth_scale > 0)
+    assert len(res.points_xyz) == len(res.points_rgb) > 500
+    assert res.stats["reproj_px_after"] < res.stats["reproj_px_before"]
+
+
+def test_refine_garbage_cameras_fall_back_without_reinit(scene):
+    rng = np.random.default_rng(1)
+    garbage = np.tile(np.eye(4), (len(scene.c2w), 1, 1))
+    for i in range(1, len(garbage)):
+        garbage[i, :3, :3] = Rotation.random(random_state=i).as_matrix()
+        garbage[i, :3, 3] = rng.normal(0, 1, 3)
+    res = refine(scene.images, garbage, scene.K, scene.depth[:, ::2, ::2], RefineConfig(reinit="never"), progress=False)
+    assert not res.applied
+    assert any("FlowMap cameras kept" in w for w in res.warnings)
+    assert np.array_equal(res.c2w, garbage) and np.array_equal(res.K, scene.K)
+    assert np.all(res.depth_scale == 1.0)
+
+
+def test_refine_garbage_cameras_reinitialise_from_matches(scene):
+    rng = np.random.default_rng(1)
+    garbage = np.tile(np.eye(4), (len(scene.c2w), 1, 1))
+    for i in range(1, len(garbage)):
+        garbage[i, :3, :3] = Rotation.random(random_state=i).as_matrix()
+        garbage[i, :3, 3] = rng.normal(0, 1, 3)
+    res = refine(scene.images, garbage, scene.K, scene.depth[:, ::2, ::2], RefineConfig(), progress=False)
+    assert res.stats["reinit"] and res.stats["rotation_disagreement_deg"] > 30
+    after = evaluate(res.c2w, _anchor(scene.c2w), res.K[0, 0], scene.K[0, 0])
+    assert res.applied and after["ate_paper"] < 1e-3 and after["focal_rel_error"] < 0.02
+
+
+def test_refine_rejects_bad_inputs(scene):
+    with pytest.raises(ValueError):
+        refine(scene.images[:2], scene.c2w[:2], scene.K, scene.depth[:2], progress=False)
+    with pytest.raises(ValueError):
+        refine(scene.images, scene.c2w[:-1], scene.K, scene.depth, progress=False)
+    with pytest.raises(ValueError):
+        refine(scene.images, scene.c2w, scene.K, scene.depth, RefineConfig(camera_model="OPENCV"), progress=False)
+
+
+@pytest.mark.skipif(not (DATA / "fox" / "poses.txt").is_file(), reason=f"real sequences not found at {DATA} (fox)")
+def test_refine_fox_subset_from_perturbed_ground_truth():
+    from flowmap.frames import read_image
+
+    names, gt_c2w, intr = read_ground_truth(DATA / "fox")
+    idx = list(range(0, 48, 3))  # 16 frames spanning the orbit
+    names = [names[i] for i in idx]
+    gt = _anchor(gt_c2w[idx])
+    images = np.stack([read_image(DATA / "fox" / "images" / n) for n in names])
+    H, W = images.shape[1:3]
+    f_gt = 0.5 * (intr["fx"] + intr["fy"]) * W / intr["width"]
+    K0 = np.array([[1.04 * f_gt, 0, (W - 1) / 2], [0, 1.04 * f_gt, (H - 1) / 2], [0, 0, 1]])
+    extent = np.linalg.norm(np.ptp(gt[:, :3, 3], axis=0))
+    start = _perturb(gt, rot_deg=0.7, trans=0.02 * extent, seed=3)
+    depth = np.full((len(idx), H // 4, W // 4), 4.0 * extent, np.float32)  # no depth network here: a plane
+    res = refine(images, start, K0, depth, RefineConfig(), progress=False)
+    before = evaluate(start, gt, K0[0, 0], f_gt)
+    after = evaluate(res.c2w, gt, res.K[0, 0], f_gt)
+    assert res.applied, res.warnings
+    assert after["ate_paper"] < 0.2 * before["ate_paper"] and after["ate_paper"] < 1e-3
+    assert after["focal_rel_error"] < 0.01
+    assert after["n_registered"] == len(idx)
+    _check_frame(res, start)
+
+
+def test_pair_graph_is_linear_in_frames():
+    """Past ``exhaustive_max_frames`` the pair graph has at most (k + m) pairs per frame
+    (k temporal neighbours, m overlap pairs), so matching cost grows linearly with N."""
+    from flowmap.refine.pairs import choose_pairs
+
+    cfg = RefineConfig()
+    n, h, w = 120, 24, 32
+    c2w = np.tile(np.eye(4), (n, 1, 1))
+    c2w[:, 0, 3] = np.linspace(0.0, 2.0, n)  # a sideways dolly: every frame overlaps many others
+    K_work = np.array([[30.0, 0, (w - 1) / 2], [0, 30.0, (h - 1) / 2], [0, 0, 1]])
+    depth = np.full((n, h, w), 5.0, np.float32)
+    pairs, by_reason = choose_pairs(c2w, K_work, depth, cfg)
+    assert len(pairs) == len(set(pairs)) and all(i < j for i, j in pairs)
+    assert by_reason["overlap"] > 0
+    assert len(pairs) <= (cfg.temporal_window + cfg.max_pairs_per_frame) * n
+    assert set((i, i + 1) for i in range(n - 1)) <= set(pairs)
+    small, reason = choose_pairs(c2w[: cfg.exhaustive_max_frames], K_work, depth[: cfg.exhaustive_max_frames], cfg)
+    assert "exhaustive" in reason and len(small) == cfg.exhaustive_max_frames * (cfg.exhaustive_max_frames - 1) // 2
+
+
+def test_refine_config_rejects_bad_new_settings():
+    for bad in ({"sift_first_octave": 3}, {"sift_dsp_scales": 0}, {"converge_tol": 0.0}, {"reinit_ba_rounds": 0}, {"temporal_window": 0}):
+        with pytest.raises(ValueError):
+            RefineConfig(**bad).check()

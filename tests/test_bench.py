@@ -9,7 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from flowmap.baseline import ColmapConfig, choose_matcher, colmap_log, list_images, run_colmap
+from flowmap.baseline import ColmapConfig, choose_matcher, list_images, run_colmap
+from flowmap.refine.colmap_io import quiet_colmap
 from flowmap.bench import ROW_KEYS, format_table, measure_peak_rss, run_bench
 from flowmap.errors import InputError
 from flowmap.evaluation import evaluate_named
@@ -215,7 +216,7 @@ def test_exif_focal_is_not_given_to_colmap(tmp_path):
         exif.get_ifd(0x8769)[0xA405] = 50  # FocalLengthIn35mmFilm
         image.save(tmp_path / "images" / name, exif=exif)
     database = tmp_path / "database.db"
-    with colmap_log(False):
+    with quiet_colmap(False):
         pycolmap.extract_features(database, tmp_path / "images", camera_mode=pycolmap.CameraMode.SINGLE,
                                   reader_options=pycolmap.ImageReaderOptions(camera_model="SIMPLE_PINHOLE"),
                                   device=pycolmap.Device.cpu)

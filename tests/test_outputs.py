@@ -417,18 +417,16 @@ def test_transforms_round_trip_and_depth(out, scene):
 def nerfstudio_applied_transform(data_dir: Path) -> np.ndarray:
     """The world transform nerfstudio's dataparser assumes was applied to a dataset's poses.
 
-    The rule of ``nerfstudio/data/dataparsers/nerfstudio_dataparser.py`` (nerfstudio 1.x,
+    The rule of ``nerfstudio/data/dataparsers/nerfstudio_dataparser.py`` (nerfstudio 1.1.5,
     ``_generate_dataparser_outputs``): the file's ``applied_transform`` (3 x 4) when
-    present; otherwise, when ``<data>/colmap/sparse/0`` exists, the axis swap of its own
-    COLMAP converter (rows x, z, -y); otherwise none (identity).
+    present; otherwise, when ``<data>/colmap/sparse/0`` exists, the effective transform of
+    its own COLMAP converter, ``[[0, 1, 0, 0], [1, 0, 0, 0], [0, 0, -1, 0]]``; otherwise none.
     """
     meta = json.loads((data_dir / "transforms.json").read_text())
     if "applied_transform" in meta:
         return np.asarray(meta["applied_transform"], dtype=np.float64)
     if (data_dir / "colmap" / "sparse" / "0").exists():
-        swap = np.eye(4)[:3][[0, 2, 1]]
-        swap[2] *= -1
-        return swap
+        return np.array([[0, 1, 0, 0], [1, 0, 0, 0], [0, 0, -1, 0]], dtype=np.float64)
     return np.eye(4)[:3]
 
 

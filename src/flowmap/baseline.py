@@ -19,16 +19,15 @@ Pan et al., "Global Structure-from-Motion Revisited", ECCV 2024 (GLOMAP).
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from flowmap.errors import InputError
+from flowmap.refine.colmap_io import quiet_colmap
 from flowmap.frames import IMAGE_SUFFIXES
 from flowmap.frames import list_images as frame_files
 
@@ -142,20 +141,6 @@ def global_mapper_available() -> bool:
     import pycolmap
 
     return hasattr(pycolmap, "global_mapping") and hasattr(pycolmap, "GlobalPipelineOptions")
-
-
-@contextlib.contextmanager
-def colmap_log(verbose: bool) -> Iterator[None]:
-    """Silence COLMAP's glog output below ERROR unless ``verbose``; restores the level after."""
-    import pycolmap
-
-    previous = pycolmap.logging.minloglevel
-    if not verbose:
-        pycolmap.logging.minloglevel = int(pycolmap.logging.ERROR)
-    try:
-        yield
-    finally:
-        pycolmap.logging.minloglevel = previous
 
 
 def _extract_and_match(database: Path, image_dir: Path, names: list[str], cfg: ColmapConfig, matcher: str) -> None:
@@ -304,7 +289,7 @@ def run_colmap(
     shutil.rmtree(sparse_dir, ignore_errors=True)
     sparse_dir.mkdir()
 
-    with colmap_log(cfg.verbose):
+    with quiet_colmap(cfg.verbose):
         if cfg.seed >= 0:
             pycolmap.set_random_seed(cfg.seed)
         t0 = time.perf_counter()

@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+
+from flowmap.camera import K_at
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -401,11 +403,11 @@ def finetune_depth(
 
 def _field_correction(depth_np, obs, depth, points_xyz, c2w, K, image_size, config) -> np.ndarray:
     """Per-frame smooth correction of ``depth`` fitted to the points visible within ``field_factor``."""
-    from flowmap.refine.depth import fit_correction, working_K
+    from flowmap.refine.depth import fit_correction
 
     vis = _visible(_sample(depth, obs.frame, obs.xy), obs.z, config.field_factor)
     pts = np.asarray(points_xyz, dtype=np.float64).reshape(-1, 3)
     frame, index = obs.frame[vis].cpu().numpy(), obs.index[vis].cpu().numpy()
     per_frame = [pts[index[frame == i]] for i in range(len(depth_np))]
-    K_work = working_K(np.asarray(K, dtype=np.float64), tuple(image_size), depth_np.shape[1:])
+    K_work = K_at(np.asarray(K, dtype=np.float64), tuple(image_size), depth_np.shape[1:])
     return fit_correction(depth_np, c2w, K_work, per_frame, grid=config.field_grid)[0]

@@ -18,7 +18,7 @@ the flip is its own inverse. The world frame is flowmap's (frame 0 = identity).
 nerfstudio_dataparser.py``) composes its ``dataparser_transform`` with the file's
 ``applied_transform`` (3 x 4) when present; when it is absent and a COLMAP model exists at
 ``<data>/colmap/sparse/0`` -- as flowmap writes one -- it assumes the axis swap of its own
-COLMAP converter was applied (rows (x, z, -y)). flowmap's poses are written in flowmap's
+COLMAP converter was applied (``[[0, 1, 0, 0], [1, 0, 0, 0], [0, 0, -1, 0]]``, nerfstudio 1.1.5). flowmap's poses are written in flowmap's
 world without any swap, so the file states the identity (what ``ns-process-data`` writes
 for an unchanged world); exports to the world frame then map back onto ``poses.txt``.
 """

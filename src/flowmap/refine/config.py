@@ -81,6 +81,11 @@ class RefineConfig:
         max_focal_ratio: the adjusted focal must stay within [1/r, r] x FlowMap's.
         max_weak_fraction: more unconstrained frames than this fraction of N rejects
             the refinement.
+        max_rotation_disagreement_deg: the adjusted cameras' relative rotations must agree
+            with the verified two-view rotations of the matched pairs to this median angle
+            (degrees); more rejects the refinement (an adjustment that converged to a wrong
+            minimum from bad cameras: a garbage start adjusted to 84 deg of relative
+            rotation error while only 2 of 16 frames were unconstrained).
     Depth:
         depth_grid: nodes (rows, cols) of the per-frame smooth multiplicative depth
             correction fitted to the adjusted points (None: per-frame scale only).
@@ -122,6 +127,7 @@ class RefineConfig:
     max_jump: float = 0.5
     max_focal_ratio: float = 1.5
     max_weak_fraction: float = 0.25
+    max_rotation_disagreement_deg: float = 5.0
     depth_grid: tuple[int, int] | None = (4, 4)
     num_threads: int = 2
     seed: int = 0

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from flowmap.camera import K_at
 from flowmap.refine import adjust, depth as depth_mod, features, pairs as pairs_mod, reinit as reinit_mod
 from flowmap.refine.colmap_io import camera_K, quiet_colmap, transform_c2w, umeyama
 from flowmap.refine.config import RefineConfig, Refinement
@@ -82,7 +83,7 @@ def refine(images, c2w, K, depth, config: RefineConfig = RefineConfig(), progres
         if progress:
             print(f"[refine] {msg}", file=sys.stderr, flush=True)
 
-    K_work = depth_mod.working_K(K, (H, W), depth.shape[1:])
+    K_work = K_at(K, (H, W), depth.shape[1:])
     f_before = 0.5 * (K[0, 0] + K[1, 1])
     stats["focal_before"] = float(f_before)
 
@@ -181,6 +182,12 @@ def refine(images, c2w, K, depth, config: RefineConfig = RefineConfig(), progres
             reasons.append(f"focal moved too far ({f_before:.1f} -> {K_new[0, 0]:.1f} px)")
         if len(weak) > config.max_weak_fraction * n:
             reasons.append(f"{len(weak)} of {n} frames left unconstrained")
+        after, _ = reinit_mod.rotation_disagreement(refined, verified)
+        stats["rotation_disagreement_after_deg"] = after
+        if not after <= config.max_rotation_disagreement_deg:
+            reasons.append(
+                f"the adjusted cameras disagree with the verified pair geometry ({after:.1f} deg median relative rotation)"
+            )
         if reasons:
             return _fallback(c2w, K, n, stats, warnings, "refinement rejected, FlowMap cameras kept: " + "; ".join(reasons))
 
@@ -214,9 +221,9 @@ def refine(images, c2w, K, depth, config: RefineConfig = RefineConfig(), progres
 
         t0 = time.perf_counter()
         pts = depth_mod.points_per_frame(rec, ids, transform=to_out)
-        scales, _, agree1 = depth_mod.fit_scales(depth, out_c2w, depth_mod.working_K(K_new, (H, W), depth.shape[1:]), pts)
+        scales, _, agree1 = depth_mod.fit_scales(depth, out_c2w, K_at(K_new, (H, W), depth.shape[1:]), pts)
         stats["depth_agreement_after"] = agree1
-        Kw_new = depth_mod.working_K(K_new, (H, W), depth.shape[1:])
+        Kw_new = K_at(K_new, (H, W), depth.shape[1:])
         stats["depth_agreement_unscaled_after"] = depth_mod.fit_scales(depth, out_c2w, Kw_new, pts)[1]
         depth_out = depth * scales[:, None, None].astype(np.float32)
         if config.depth_grid is not None:

@@ -12,19 +12,6 @@ from __future__ import annotations
 import numpy as np
 
 
-def working_K(K: np.ndarray, input_hw: tuple[int, int], depth_hw: tuple[int, int]) -> np.ndarray:
-    """Intrinsics at the depth maps' resolution (pixel centre at u = i in both)."""
-    H, W = input_hw
-    h, w = depth_hw
-    sx, sy = w / W, h / H
-    Kw = np.array(K, dtype=np.float64, copy=True)
-    Kw[0, 0] *= sx
-    Kw[1, 1] *= sy
-    Kw[0, 2] = (K[0, 2] + 0.5) * sx - 0.5
-    Kw[1, 2] = (K[1, 2] + 0.5) * sy - 0.5
-    return Kw
-
-
 def sample_depth(depth: np.ndarray, c2w: np.ndarray, K_work: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(z_point, z_map) for world points seen by one camera; pairs outside the map dropped.
 

@@ -398,7 +398,10 @@ def test_process_killed_while_writing_leaves_no_out(tmp_path, moving):
 
 
 def test_sigterm_then_resume_matches_an_uninterrupted_run(tmp_path):
-    """SIGTERM halfway through the optimisation, then --resume: same poses as a run never stopped."""
+    """SIGTERM halfway through the optimisation, then --resume: same poses as a run never stopped.
+
+    Without the refinement: COLMAP's multi-threaded matching and adjustment are not
+    bit-reproducible between two runs, resumed or not (ATE differences ~1e-3 here)."""
     import signal
     import subprocess
     import sys
@@ -410,7 +413,7 @@ def test_sigterm_then_resume_matches_an_uninterrupted_run(tmp_path):
 
     seq = write_sequence(make_scene(n_frames=8, height=64, width=96, seed=2), tmp_path / "seq")
     base = [sys.executable, "-m", "flowmap.cli", "run", str(seq / "images"), "--steps", "110",
-            "--pixel-budget", "1536", "--quiet"]
+            "--pixel-budget", "1536", "--quiet", "--refine", "none"]
     env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
     full = subprocess.run(base + ["-o", str(tmp_path / "full")], env=env, capture_output=True, text=True)
     assert full.returncode == 0, full.stderr

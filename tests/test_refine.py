@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,8 +19,9 @@ pytest.importorskip("pycolmap")
 
 from flowmap.evaluation import evaluate, read_ground_truth  # noqa: E402
 from flowmap.refine import RefineConfig, Refinement, refine  # noqa: E402
+from conftest import SHARED_DATA, needs_data
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = SHARED_DATA
 
 
 def _anchor(c2w: np.ndarray) -> np.ndarray:
@@ -110,7 +110,7 @@ def test_refine_rejects_bad_inputs(scene):
         refine(scene.images, scene.c2w, scene.K, scene.depth, RefineConfig(camera_model="OPENCV"), progress=False)
 
 
-@pytest.mark.skipif(not (DATA / "fox" / "poses.txt").is_file(), reason=f"real sequences not found at {DATA} (fox)")
+@needs_data("fox")
 def test_refine_fox_subset_from_perturbed_ground_truth():
     from flowmap.frames import read_image
 

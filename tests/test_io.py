@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import subprocess
@@ -74,21 +75,28 @@ def _hold(path: str, ready, release) -> None:
         release.wait(30)
 
 
-def test_second_writer_of_same_out_refused(tmp_path):
-    """Two runs writing one OUT at once: the second gets one line, the first keeps going (issue 11.5)."""
-    out = tmp_path / "OUT"
+@contextlib.contextmanager
+def held_by_another_process(out: Path):
+    """OUT locked by another process (a second flowmap run) for the duration of the block."""
     ctx = multiprocessing.get_context("spawn")
     ready, release = ctx.Event(), ctx.Event()
     holder = ctx.Process(target=_hold, args=(str(out), ready, release))
     holder.start()
     try:
         assert ready.wait(60)
-        with pytest.raises(InputError, match="another flowmap run is writing"):
-            with lock_out(out):
-                pass
+        yield
     finally:
         release.set()
         holder.join(30)
+
+
+def test_second_writer_of_same_out_refused(tmp_path):
+    """Two runs writing one OUT at once: the second gets one line, the first keeps going (issue 11.5)."""
+    out = tmp_path / "OUT"
+    with held_by_another_process(out):
+        with pytest.raises(InputError, match="another flowmap run is writing"):
+            with lock_out(out):
+                pass
     with lock_out(out):  # free again once the first one finished
         pass
     assert sorted(p.name for p in tmp_path.iterdir()) == [".OUT.lock"]
@@ -108,16 +116,8 @@ def test_cli_run_refuses_out_locked_by_another_run(tmp_path):
     for i in range(3):
         Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(images / f"{i}.png")
     out = tmp_path / "OUT"
-    ctx = multiprocessing.get_context("spawn")
-    ready, release = ctx.Event(), ctx.Event()
-    holder = ctx.Process(target=_hold, args=(str(out), ready, release))
-    holder.start()
-    try:
-        assert ready.wait(60)
+    with held_by_another_process(out):
         result = CliRunner().invoke(app, ["run", str(images), "-o", str(out), "--quiet"])
-    finally:
-        release.set()
-        holder.join(30)
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "another flowmap run is writing" in lines[0]

@@ -76,12 +76,18 @@ def test_refine_recovers_perturbed_synthetic_cameras(scene):
     assert res.stats["reproj_px_after"] < res.stats["reproj_px_before"]
 
 
-def test_refine_garbage_cameras_fall_back_without_reinit(scene):
+def _garbage_cameras(n: int) -> np.ndarray:
+    """(n, 4, 4) random cameras (frame 0 = identity): a start no adjustment can walk out of."""
     rng = np.random.default_rng(1)
-    garbage = np.tile(np.eye(4), (len(scene.c2w), 1, 1))
-    for i in range(1, len(garbage)):
+    garbage = np.tile(np.eye(4), (n, 1, 1))
+    for i in range(1, n):
         garbage[i, :3, :3] = Rotation.random(random_state=i).as_matrix()
         garbage[i, :3, 3] = rng.normal(0, 1, 3)
+    return garbage
+
+
+def test_refine_garbage_cameras_fall_back_without_reinit(scene):
+    garbage = _garbage_cameras(len(scene.c2w))
     res = refine(scene.images, garbage, scene.K, scene.depth[:, ::2, ::2], RefineConfig(reinit="never"), progress=False)
     assert not res.applied
     assert any("FlowMap cameras kept" in w for w in res.warnings)
@@ -90,11 +96,7 @@ def test_refine_garbage_cameras_fall_back_without_reinit(scene):
 
 
 def test_refine_garbage_cameras_reinitialise_from_matches(scene):
-    rng = np.random.default_rng(1)
-    garbage = np.tile(np.eye(4), (len(scene.c2w), 1, 1))
-    for i in range(1, len(garbage)):
-        garbage[i, :3, :3] = Rotation.random(random_state=i).as_matrix()
-        garbage[i, :3, 3] = rng.normal(0, 1, 3)
+    garbage = _garbage_cameras(len(scene.c2w))
     res = refine(scene.images, garbage, scene.K, scene.depth[:, ::2, ::2], RefineConfig(), progress=False)
     assert res.stats["reinit"] and res.stats["rotation_disagreement_deg"] > 30
     after = evaluate(res.c2w, _anchor(scene.c2w), res.K[0, 0], scene.K[0, 0])

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from flowmap.camera import project_points
+
 
 def sample_depth(depth: np.ndarray, c2w: np.ndarray, K_work: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(z_point, z_map) for world points seen by one camera; pairs outside the map dropped.
@@ -22,13 +24,10 @@ def sample_depth(depth: np.ndarray, c2w: np.ndarray, K_work: np.ndarray, points:
         points: (P, 3) world points.
     """
     h, w = depth.shape
-    w2c = np.linalg.inv(c2w)
-    cam = points @ w2c[:3, :3].T + w2c[:3, 3]
-    z = cam[:, 2]
+    uv, z = project_points(points, K_work, c2w)
     ok = z > 1e-12
-    u = K_work[0, 0] * cam[:, 0] / np.where(ok, z, 1) + K_work[0, 2]
-    v = K_work[1, 1] * cam[:, 1] / np.where(ok, z, 1) + K_work[1, 2]
-    ui, vi = np.rint(u).astype(np.int64), np.rint(v).astype(np.int64)
+    uv = np.where(ok[:, None], uv, -1.0)
+    ui, vi = np.rint(uv[:, 0]).astype(np.int64), np.rint(uv[:, 1]).astype(np.int64)
     ok &= (ui >= 0) & (ui < w) & (vi >= 0) & (vi < h)
     zm = depth[np.clip(vi, 0, h - 1), np.clip(ui, 0, w - 1)].astype(np.float64)
     ok &= np.isfinite(zm) & (zm > 0)
@@ -90,12 +89,9 @@ def points_per_frame(rec, ids: list[int], transform=None) -> list[np.ndarray]:
 
 def _project(depth_hw, c2w, K_work, points):
     h, w = depth_hw
-    w2c = np.linalg.inv(c2w)
-    cam = points @ w2c[:3, :3].T + w2c[:3, 3]
-    z = cam[:, 2]
+    uv, z = project_points(points, K_work, c2w)
     ok = z > 1e-12
-    u = K_work[0, 0] * cam[:, 0] / np.where(ok, z, 1) + K_work[0, 2]
-    v = K_work[1, 1] * cam[:, 1] / np.where(ok, z, 1) + K_work[1, 2]
+    u, v = np.where(ok, uv[:, 0], -1.0), np.where(ok, uv[:, 1], -1.0)
     ok &= (u >= 0) & (u <= w - 1) & (v >= 0) & (v <= h - 1)
     return u[ok], v[ok], z[ok]
 

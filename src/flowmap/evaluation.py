@@ -455,21 +455,8 @@ def evaluate_run(out_dir: Path, gt_dir: Path) -> dict[str, float | str]:
     poses_path, intr_path = _require_folder(out_dir, "output")
     names, c2w = read_poses(poses_path)
     depth_files = [Path(out_dir) / "depth" / f"{Path(name).stem}.npy" for name in names]
-    depth = _LazyDepth(depth_files) if all(f.is_file() for f in depth_files) else None
+    depth = [np.load(f) for f in depth_files] if all(f.is_file() for f in depth_files) else None
     return evaluate_named(names, c2w, read_intrinsics(intr_path), gt_dir, depth)
-
-
-class _LazyDepth:
-    """Depth maps of an output folder, loaded one at a time when indexed."""
-
-    def __init__(self, files: list[Path]):
-        self.files = files
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, i: int) -> np.ndarray:
-        return np.load(self.files[i])
 
 
 def evaluate_reconstruction(rec, gt_dir: Path) -> dict[str, float | str]:

@@ -226,16 +226,21 @@ def _reconstruct(
         t0 = time.perf_counter()
         refined = _refine(frames, solution, config.refine, config.progress, warnings)
         timings["refine_s"] = time.perf_counter() - t0
+    depth = solution.depth
+    if refined is not None:
+        depth = refined.depth if refined.depth is not None else solution.depth * refined.depth_scale[:, None, None]
     finetuned = None
     if refined is not None and refined.applied and config.finetune.steps > 0:
         t0 = time.perf_counter()
-        before = refined.depth if refined.depth is not None else solution.depth * refined.depth_scale[:, None, None]
         finetuned = finetune_depth(
-            fitted.model, data, refined.c2w, refined.K, refined.points_xyz, config.finetune, config.progress, depth_before=before
+            fitted.model, data, refined.c2w, refined.K, refined.points_xyz, config.finetune, config.progress, depth_before=depth
         )
+        depth = finetuned.depth
         timings["finetune_s"] = time.perf_counter() - t0
     settings = {**config.to_dict(), "device_resolved": device, "working_size": list(shape)}
-    return frames, _as_reconstruction(solution, refined, frames, working, fitted.history, timings, settings, warnings, finetuned)
+    return frames, _as_reconstruction(
+        solution, refined, finetuned, depth, frames, working, fitted.history, timings, settings, warnings
+    )
 
 
 def _refine(
@@ -255,23 +260,22 @@ def _refine(
 def _as_reconstruction(
     solution: Solution,
     refined: Refinement | None,
+    finetuned: FinetuneResult | None,
+    depth: np.ndarray,
     frames: Frames,
     working,
     history: list,
     timings: dict,
     settings: dict,
     warnings: list[str],
-    finetuned: FinetuneResult | None = None,
 ) -> Reconstruction:
-    """The run's result: the refined cameras and depth where a refinement ran (the
-    fine-tuned depth where that stage ran), FlowMap's otherwise."""
-    c2w, K, depth, refinement = solution.c2w, solution.K, solution.depth, {}
+    """The run's result: the refined cameras where a refinement ran, FlowMap's otherwise;
+    ``depth`` (N, h, w) is the last depth stage's (solve, refine or fine-tuning)."""
+    c2w, K, refinement = solution.c2w, solution.K, {}
     if refined is not None:
         c2w, K = refined.c2w, refined.K
-        depth = refined.depth if refined.depth is not None else solution.depth * refined.depth_scale[:, None, None]
         refinement = {"applied": bool(refined.applied), **refined.stats}
         if finetuned is not None:
-            depth = finetuned.depth
             refinement["finetune"] = finetuned.stats
     return Reconstruction(
         c2w=c2w,

@@ -115,3 +115,19 @@ def test_bad_config_is_refused(scene_data):
         finetune_depth(model, data, scene.c2w, scene.K, np.zeros((0, 3)), replace(FinetuneConfig(), visibility_factor=1.0))
     with pytest.raises(ValueError):
         finetune_depth(model, data, scene.c2w[:3], scene.K, np.zeros((0, 3)), FinetuneConfig())
+
+
+def test_observed_points_are_used_exactly(scene_data):
+    """With the reconstruction's observation lists, each frame's depth term uses exactly
+    the points it observes (no visibility guess), and the scale is still corrected."""
+    scene, data, depth_true = scene_data
+    model = _misscaled_model(scene, depth_true, 1.3)
+    per_frame = 150
+    observed = [np.arange(i * per_frame, (i + 1) * per_frame) for i in range(len(scene.images))]
+    cfg = replace(FinetuneConfig(), steps=60, lr=1e-3, window=8, flow_weight=0.0, track_weight=0.0)
+    result = finetune_depth(model, data, scene.c2w, scene.K, _points(scene, per_frame), cfg, observed=observed)
+    assert result.stats["points_used"] == per_frame * len(scene.images)
+    ratio = float(np.median(result.depth / depth_true))
+    assert abs(np.log(ratio)) < 0.05, ratio
+    with pytest.raises(ValueError, match="one index array per frame"):
+        finetune_depth(model, data, scene.c2w, scene.K, _points(scene, per_frame), cfg, observed=observed[:2])

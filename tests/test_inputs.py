@@ -214,6 +214,7 @@ def test_focal_that_is_not_a_number(tmp_path):
         (["--pixel-budget", "0"], "--pixel-budget must be at least 256"),
         (["--steps", "-3"], "--steps must be >= 0, got -3"),
         (["--steps", "0"], "feed-forward mode (no optimisation), which needs a pretrained network; none is available yet"),
+        (["--threads", "0"], "--threads must be at least 1, got 0"),
     ],
 )
 def test_frame_options_are_checked(tmp_path, moving, option, message):

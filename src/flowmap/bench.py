@@ -168,6 +168,7 @@ ROW_KEYS = (
     "depth_delta1",
     "depth_abs_rel_constant",
     "depth_abs_rel_ratio",
+    "depth_agreement",
     "time_ratio",
     "ate_ratio",
     "n_models",
@@ -321,6 +322,8 @@ def _run_flowmap(
         outputs=None if out is None else str(out),
     )
     row.update(_evaluate(rec.names, rec.c2w, rec.K, rec.image_size, seq_dir, rec.depth))
+    if rec.refinement.get("depth_agreement") is not None:
+        row["depth_agreement"] = rec.refinement["depth_agreement"]
     rows = [row]
     if rec.flowmap_c2w is not None:
         unrefined = _new_row(name, "flowmap-norefine")
@@ -531,6 +534,7 @@ COLUMNS = (
     ("registered", None, ""),
     ("ate_paper", "ate_paper", "{:.5f}"),
     ("focal err %", "focal_rel_error", "{:.2f}"),
+    ("depth agr %", "depth_agreement", "{:.2f}"),
     ("depth AbsRel", "depth_abs_rel", "{:.3f}"),
     ("plane AbsRel", "depth_abs_rel_constant", "{:.3f}"),
     ("time ratio", "time_ratio", "{:.2f}"),
@@ -548,7 +552,7 @@ def _cell(row: dict, key: str | None, fmt: str) -> str:
     value = row.get(key)
     if value is None:
         return "-"
-    if key == "focal_rel_error":
+    if key in ("focal_rel_error", "depth_agreement"):
         value = 100 * value
     return fmt.format(value)
 
@@ -559,7 +563,9 @@ def format_table(results: dict) -> str:
     Columns: time s (wall), peak MB (peak resident set of the whole process, which
     includes Python and the loaded libraries), run MB (that peak minus the resident set
     at the start of the run: what the run itself added),
-    registered frames / frames, ate_paper, focal err % (100 |f - f_gt| / f_gt), depth
+    registered frames / frames, ate_paper, focal err % (100 |f - f_gt| / f_gt), depth agr %
+    (flowmap rows with a refinement: median relative difference between the written depth
+    maps and the adjusted points each frame observes), depth
     AbsRel and plane AbsRel (the best constant depth on the same pixels) where the sequence
     has measured depth, and on COLMAP lines the ratios flowmap / COLMAP of time and ate_paper (< 1: flowmap faster /
     more accurate). Failed runs are listed under the table with their error.

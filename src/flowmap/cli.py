@@ -1,4 +1,4 @@
-"""The ``flowmap`` command: run, eval, demo, bench, view.
+"""The ``flowmap`` command: run, batch, eval, demo, bench, view.
 
 User errors (:class:`flowmap.errors.FlowmapError`) print one line on stderr and exit
 with code 2; ``--debug`` shows the traceback instead.
@@ -19,6 +19,17 @@ from flowmap.errors import FlowmapError
 
 REFINE_HELP = "Global refinement of the cameras: colmap (SIFT matches + bundle adjustment, default) | none."
 CAMERA_MODEL_HELP = "Camera the refinement adjusts: SIMPLE_PINHOLE (one focal) | PINHOLE (fx, fy)."
+THREADS_HELP = "CPU threads (torch and COLMAP; default: all cores). 1 makes a CPU run bit-reproducible."
+
+# Options shared by `run` and `batch` (one definition each).
+MAX_FRAMES = typer.Option(None, help="Use at most this many frames (after --stride).")
+STRIDE = typer.Option(1, help="Use every k-th frame.")
+PIXEL_BUDGET = typer.Option(43200, help="Working resolution in pixels (h*w), aspect kept.")
+FOCAL = typer.Option(None, help="Known focal length in pixels of the input frames.")
+STEPS = typer.Option(None, help="Optimisation steps (default: see README).")
+SEED = typer.Option(0, help="Random seed.")
+REFINE = typer.Option("colmap", help=REFINE_HELP)
+CAMERA_MODEL = typer.Option("SIMPLE_PINHOLE", help=CAMERA_MODEL_HELP)
 
 app = typer.Typer(
     add_completion=False,
@@ -72,12 +83,15 @@ def _run_config(
     gt: Optional[Path] = None,
     refine: str = "colmap",
     camera_model: str = "SIMPLE_PINHOLE",
+    threads: Optional[int] = None,
 ):
-    """The flags of ``run`` / ``demo`` / ``bench`` as a :class:`flowmap.pipeline.RunConfig`."""
+    """The flags of ``run`` / ``demo`` / ``bench`` / ``batch`` as a :class:`flowmap.pipeline.RunConfig`."""
     from flowmap.pipeline import RunConfig
     from flowmap.validate import refine_config
 
-    cfg = RunConfig(focal=focal, device=device, seed=seed, progress=not quiet, overwrite=overwrite, resume=resume)
+    cfg = RunConfig(
+        focal=focal, device=device, seed=seed, progress=not quiet, overwrite=overwrite, resume=resume, threads=threads
+    )
     cfg.refine = refine_config(refine, camera_model)
     cfg.frames.max_frames = max_frames
     cfg.frames.stride = stride
@@ -120,19 +134,20 @@ def _print_metrics(metrics: dict, as_json: bool) -> None:
 def run(
     source: Path = typer.Argument(..., help="Video file (mp4/mov/avi/...) or folder of images."),
     out: Path = typer.Option(..., "-o", "--out", help="Output folder."),
-    max_frames: Optional[int] = typer.Option(None, help="Use at most this many frames (after --stride)."),
-    stride: int = typer.Option(1, help="Use every k-th frame."),
-    pixel_budget: int = typer.Option(43200, help="Working resolution in pixels (h*w), aspect kept."),
-    focal: Optional[float] = typer.Option(None, help="Known focal length in pixels of the input frames."),
-    steps: Optional[int] = typer.Option(None, help="Optimisation steps (default: see README)."),
+    max_frames: Optional[int] = MAX_FRAMES,
+    stride: int = STRIDE,
+    pixel_budget: int = PIXEL_BUDGET,
+    focal: Optional[float] = FOCAL,
+    steps: Optional[int] = STEPS,
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
-    seed: int = typer.Option(0, help="Random seed."),
+    seed: int = SEED,
     gt: Optional[Path] = typer.Option(None, help="Ground-truth folder (shared layout) to evaluate against."),
     overwrite: bool = typer.Option(False, help="Replace a non-empty output folder."),
     resume: bool = typer.Option(False, help="Continue an interrupted run from its checkpoint."),
     colmap_text: bool = typer.Option(False, help="Also write the COLMAP model as .txt."),
-    refine: str = typer.Option("colmap", help=REFINE_HELP),
-    camera_model: str = typer.Option("SIMPLE_PINHOLE", help=CAMERA_MODEL_HELP),
+    refine: str = REFINE,
+    camera_model: str = CAMERA_MODEL,
+    threads: Optional[int] = typer.Option(None, help=THREADS_HELP),
     quiet: bool = typer.Option(False, help="No progress bars."),
     debug: bool = typer.Option(False, help="Show tracebacks."),
 ):
@@ -142,7 +157,7 @@ def run(
 
         cfg = _run_config(
             max_frames, stride, pixel_budget, focal, steps, device, seed, quiet, overwrite, resume, colmap_text, gt,
-            refine, camera_model,
+            refine, camera_model, threads,
         )
         _interrupt_on_sigterm()
         result = run_pipeline(source, out, cfg, summary={"command": " ".join(sys.argv)})
@@ -154,6 +169,45 @@ def run(
             from flowmap.evaluation import evaluate_run
 
             _print_metrics(evaluate_run(out, gt), as_json=False)
+
+
+@app.command()
+def batch(
+    sources: list[Path] = typer.Argument(..., help="Videos, image folders, or text files listing them (one per line, optionally with a ground-truth folder)."),
+    out: Path = typer.Option(..., "-o", "--out", help="Output root: one folder per source, batch.json, batch.html."),
+    jobs: Optional[int] = typer.Option(None, help="Sources run in parallel (default: cores // threads)."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads per source (default: cores // jobs, at least 1)."),
+    address: Optional[str] = typer.Option(None, help="Ray cluster (ray://HOST:PORT or HOST:PORT; default: RAY_ADDRESS, else a local Ray)."),
+    resume: bool = typer.Option(False, help="Skip finished sources, resume interrupted ones."),
+    overwrite: bool = typer.Option(False, help="Redo every source, replacing its output."),
+    max_frames: Optional[int] = MAX_FRAMES,
+    stride: int = STRIDE,
+    pixel_budget: int = PIXEL_BUDGET,
+    focal: Optional[float] = FOCAL,
+    steps: Optional[int] = STEPS,
+    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    seed: int = SEED,
+    colmap_text: bool = typer.Option(False, help="Also write the COLMAP models as .txt."),
+    refine: str = REFINE,
+    camera_model: str = CAMERA_MODEL,
+    quiet: bool = typer.Option(False, help="No progress bar."),
+    debug: bool = typer.Option(False, help="Show tracebacks."),
+):
+    """Run every source (as `flowmap run` does) into OUT/<name>/ on Ray; summarise in OUT/batch.json."""
+    with _guard(debug, interrupted="interrupted; run the same command with --resume to continue"):
+        from flowmap.batch import BatchConfig, format_batch_table, run_batch
+
+        cfg = _run_config(
+            max_frames, stride, pixel_budget, focal, steps, device, seed, True, False, False, colmap_text, None,
+            refine, camera_model,
+        )
+        bcfg = BatchConfig(jobs=jobs, threads=threads, address=address, resume=resume, overwrite=overwrite, progress=not quiet)
+        _interrupt_on_sigterm()
+        summary = run_batch(sources, out, cfg, bcfg)
+        print(format_batch_table(summary))
+        print(f"-> {out / 'batch.json'}, {out / 'batch.html'}", file=sys.stderr)
+        if summary.get("failed"):
+            raise typer.Exit(code=1)
 
 
 @app.command("eval")

@@ -73,10 +73,12 @@ class FinetuneConfig:
         init_scale: before the steps, shift the depth head's bias by the median log ratio
             of point depth to network depth (one global factor: the refined trajectory's
             scale is FlowMap's only up to the similarity the refinement fitted).
-        field_grid: after the steps, a per-frame smooth multiplicative correction on this
-            node grid fitted to the points (:func:`flowmap.refine.depth.fit_correction`);
-            None: the network's depth as is.
-        field_factor: visibility factor of the points used by that correction.
+        field_node_px: after the steps, a per-frame smooth multiplicative correction with
+            nodes this many depth-map pixels apart fitted to the points
+            (:func:`flowmap.refine.depth.fit_correction`); None: the network's depth as is.
+        field_smooth: regularisation weight of that correction.
+        field_factor: visibility factor of the points used by that correction (when the
+            observations are not given).
         keep_better: when ``depth_before`` is given and agrees better with the points
             than the fine-tuned depth (same points), return ``depth_before`` (stats
             ``kept``: "before" or "finetuned").
@@ -98,7 +100,8 @@ class FinetuneConfig:
     max_points_per_frame: int = 4000
     min_points_per_frame: int = 10
     init_scale: bool = True
-    field_grid: tuple[int, int] | None = (4, 4)
+    field_node_px: float | None = 16.0
+    field_smooth: float = 0.01
     keep_better: bool = True
     field_factor: float = 1.25
     chunk: int = 16
@@ -131,22 +134,32 @@ class FinetuneResult:
 
 @dataclass
 class PointObservations:
-    """Adjusted points projected into every frame, flattened over (frame, point).
+    """Adjusted points projected into the frames, flattened over (frame, point).
 
     Attributes:
         frame: (M,) int64 frame index.
         index: (M,) int64 row of the point in ``points_xyz``.
         xy: (M, 2) normalised image position (:func:`flowmap.geometry.pixel_grid` convention).
         z: (M,) z-depth of the point in that camera (units of c2w).
+        exact: True when the pairs are the reconstruction's observations (no visibility
+            test needed); False when every point was projected into every frame and
+            visibility is decided against the network's depth (:func:`_visible`).
     """
 
     frame: Tensor
     xy: Tensor
     z: Tensor
     index: Tensor
+    exact: bool = False
 
     def subset(self, keep: Tensor) -> "PointObservations":
-        return PointObservations(self.frame[keep], self.xy[keep], self.z[keep], self.index[keep])
+        return PointObservations(self.frame[keep], self.xy[keep], self.z[keep], self.index[keep], self.exact)
+
+    def visible(self, depth: Tensor, factor: float) -> Tensor:
+        """(M,) bool: the pairs that count against ``depth`` (all of them when exact)."""
+        if self.exact:
+            return torch.ones(len(self.frame), dtype=torch.bool, device=self.frame.device)
+        return _visible(_sample(depth, self.frame, self.xy), self.z, factor)
 
     def of(self, frames: Tensor) -> Tensor:
         """(M,) bool: observations whose frame is in ``frames``."""
@@ -154,9 +167,14 @@ class PointObservations:
 
 
 def point_observations(
-    points_xyz: np.ndarray, c2w: Tensor, K: Tensor, max_per_frame: int, generator: torch.Generator
+    points_xyz: np.ndarray,
+    c2w: Tensor,
+    K: Tensor,
+    max_per_frame: int,
+    generator: torch.Generator,
+    observed: list[np.ndarray] | None = None,
 ) -> PointObservations:
-    """Project world points into every camera; keep those inside the image and in front.
+    """Project world points into the cameras; keep those inside the image and in front.
 
     Args:
         points_xyz: (P, 3) world points (units of c2w).
@@ -164,17 +182,23 @@ def point_observations(
         K: (3, 3) normalised intrinsics.
         max_per_frame: random subset size per frame.
         generator: for the subset.
+        observed: optional N int arrays, the rows of ``points_xyz`` each frame observes
+            (:attr:`flowmap.refine.Refinement.observed`); only those are projected.
 
     Returns:
-        :class:`PointObservations` (visibility by depth is decided later, against the
-        network's depth).
+        :class:`PointObservations`; ``exact`` when ``observed`` was given, otherwise
+        visibility by depth is decided later, against the network's depth.
     """
     device = c2w.device
     pts = torch.as_tensor(np.asarray(points_xyz, dtype=np.float64).reshape(-1, 3), dtype=torch.float32, device=device)
     frames, xys, zs, ids = [], [], [], []
     w2c = invert_rigid(c2w)
     for i in range(c2w.shape[0]):
-        cam = transform(w2c[i], pts)
+        if observed is None:
+            rows = torch.arange(len(pts), device=device)
+        else:
+            rows = torch.as_tensor(np.asarray(observed[i], dtype=np.int64), device=device)
+        cam = transform(w2c[i], pts[rows])
         xy, in_front = project(cam, K)
         ok = in_front & (xy >= 0).all(-1) & (xy <= 1).all(-1)
         idx = torch.nonzero(ok)[:, 0]
@@ -183,8 +207,8 @@ def point_observations(
         frames.append(torch.full((len(idx),), i, dtype=torch.long, device=device))
         xys.append(xy[idx])
         zs.append(cam[idx, 2])
-        ids.append(idx)
-    return PointObservations(torch.cat(frames), torch.cat(xys), torch.cat(zs), torch.cat(ids))
+        ids.append(rows[idx])
+    return PointObservations(torch.cat(frames), torch.cat(xys), torch.cat(zs), torch.cat(ids), exact=observed is not None)
 
 
 def _sample(depth: Tensor, frame: Tensor, xy: Tensor) -> Tensor:
@@ -253,7 +277,7 @@ def _losses(
     out["tracks"] = track_loss(depth, K, c2w_w, xy, vis, query, cfg.huber_delta)
     frame = obs.frame[obs_sel] - start
     pxy, pz = obs.xy[obs_sel], obs.z[obs_sel]
-    if len(frame):
+    if len(frame) and not obs.exact:
         keep = _visible(_sample(depth.detach(), frame, pxy), pz, cfg.visibility_factor)
         frame, pxy, pz = frame[keep], pxy[keep], pz[keep]
     out["points"] = _point_loss(depth, frame, pxy, pz, cfg.point_delta)
@@ -276,8 +300,7 @@ def _evaluate(model, data, c2w, K, obs, cfg) -> tuple[Tensor, dict[str, float], 
         terms = _losses(depth[s : s + window], s, s + window, data, c2w, K, slice(None), obs, sel, cfg)
         for k, v in terms.items():
             totals[k] = totals.get(k, 0.0) + float(v) / len(starts)
-    visible = _visible(_sample(depth, obs.frame, obs.xy), obs.z, cfg.visibility_factor)
-    return depth, totals, visible
+    return depth, totals, obs.visible(depth, cfg.visibility_factor)
 
 
 def finetune_depth(
@@ -289,6 +312,7 @@ def finetune_depth(
     config: FinetuneConfig = FinetuneConfig(),
     progress: bool = False,
     depth_before: np.ndarray | None = None,
+    observed: list[np.ndarray] | None = None,
 ) -> FinetuneResult:
     """Fine-tune the depth network with the cameras held fixed; return the new depth maps.
 
@@ -305,6 +329,9 @@ def finetune_depth(
         depth_before: (N, h, w) the depth that would be written without this stage (e.g.
             the refinement's corrected depth); only for ``depth_agreement_before``
             (default: the network's depth before fine-tuning).
+        observed: optional N int arrays, the rows of ``points_xyz`` each frame observes
+            (:attr:`flowmap.refine.Refinement.observed`): the depth term and the
+            agreement then use exactly those observations instead of a visibility test.
 
     Returns:
         :class:`FinetuneResult`: depth (N, h, w) float32 in the units of ``c2w``, stats.
@@ -322,7 +349,9 @@ def finetune_depth(
     generator = torch.Generator().manual_seed(config.seed)
     c2w_t = torch.as_tensor(c2w, dtype=torch.float32, device=device)
     K_t = K_normalised(np.asarray(K, dtype=np.float64), *model.image_size).to(device)
-    obs = point_observations(points_xyz, c2w_t, K_t, config.max_points_per_frame, generator)
+    if observed is not None and len(observed) != n:
+        raise ValueError(f"finetune: observed must hold one index array per frame ({n}), got {len(observed)}")
+    obs = point_observations(points_xyz, c2w_t, K_t, config.max_points_per_frame, generator, observed)
     counts = torch.bincount(obs.frame, minlength=n)
     enough = counts[obs.frame] >= config.min_points_per_frame
     obs = obs.subset(enough)
@@ -335,7 +364,7 @@ def finetune_depth(
     depth0, losses0, visible0 = _evaluate(model, data, c2w_t, K_t, obs, config)
     if depth_before is not None:
         ref = torch.as_tensor(np.asarray(depth_before, dtype=np.float32), device=device)
-        visible0 = _visible(_sample(ref, obs.frame, obs.xy), obs.z, config.visibility_factor)
+        visible0 = obs.visible(ref, config.visibility_factor)
         agree0 = points_agreement(ref, obs, visible0)
     else:
         agree0 = points_agreement(depth0, obs, visible0)
@@ -389,7 +418,7 @@ def finetune_depth(
         return FinetuneResult(base.cpu().numpy().astype(np.float32), stats)
     stats.update(loss_after=losses1, depth_agreement_network_after=points_agreement(depth1, obs, visible0), loss_history=history)
     out = depth1.cpu().numpy().astype(np.float32)
-    if config.field_grid is not None:
+    if config.field_node_px is not None:
         out = _field_correction(out, obs, depth1, points_xyz, c2w, K, model.image_size, config)
         depth1 = torch.as_tensor(out, device=device)
     agree1 = points_agreement(depth1, obs, visible0)
@@ -405,9 +434,9 @@ def _field_correction(depth_np, obs, depth, points_xyz, c2w, K, image_size, conf
     """Per-frame smooth correction of ``depth`` fitted to the points visible within ``field_factor``."""
     from flowmap.refine.depth import fit_correction
 
-    vis = _visible(_sample(depth, obs.frame, obs.xy), obs.z, config.field_factor)
+    vis = obs.visible(depth, config.field_factor)
     pts = np.asarray(points_xyz, dtype=np.float64).reshape(-1, 3)
     frame, index = obs.frame[vis].cpu().numpy(), obs.index[vis].cpu().numpy()
     per_frame = [pts[index[frame == i]] for i in range(len(depth_np))]
     K_work = K_at(np.asarray(K, dtype=np.float64), tuple(image_size), depth_np.shape[1:])
-    return fit_correction(depth_np, c2w, K_work, per_frame, grid=config.field_grid)[0]
+    return fit_correction(depth_np, c2w, K_work, per_frame, config.field_node_px, config.field_smooth)[0]

@@ -31,12 +31,13 @@ from __future__ import annotations
 import contextlib
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from flowmap import checks
+from flowmap.camera import K_at
 from flowmap.correspondences import CorrespondenceConfig
 from flowmap.correspondences.cache import load_or_compute
 from flowmap.errors import FlowmapError, InputError
@@ -48,6 +49,7 @@ from flowmap.model.flowmap import VideoTensors
 from flowmap.optimize import OptimConfig, fit
 from flowmap.outputs import OutputConfig, write_outputs
 from flowmap.refine import RefineConfig, Refinement, refine
+from flowmap.refine.depth import fit_scales
 from flowmap.solve import solve
 from flowmap.types import Frames, Reconstruction, Solution
 from flowmap.validate import validate_run
@@ -75,6 +77,10 @@ class RunConfig:
         outputs: what is written to OUT (when a run has one).
         overwrite: replace a non-empty OUT (only once the new one is complete).
         resume: continue from the cache of an interrupted run with the same settings.
+        threads: CPU threads of the run (torch's intra-op threads and OpenCV's during the
+            run, and COLMAP's in the refinement); None: the libraries' defaults (all
+            cores) and ``refine.num_threads``. With 1, a run on the CPU is
+            bit-reproducible (measured: outputs byte-identical).
     """
 
     frames: FrameConfig = field(default_factory=FrameConfig)
@@ -91,6 +97,7 @@ class RunConfig:
     outputs: OutputConfig = field(default_factory=OutputConfig)
     overwrite: bool = False
     resume: bool = False
+    threads: int | None = None
 
     def to_dict(self) -> dict:
         """The settings as plain data (paths as text), as ``summary.json`` lists them."""
@@ -149,8 +156,30 @@ def run(source: str | Path | Frames, out: Path | None = None, config: RunConfig 
     out = None if out is None else Path(out)
     path = None if isinstance(source, Frames) else Path(source)
     device = validate_run(path, out, config, overwrite=config.overwrite)
-    with contextlib.nullcontext() if out is None else lock_out(out):  # one run writes OUT at a time
+    if config.threads is not None and config.refine is not None:
+        config = replace(config, refine=replace(config.refine, num_threads=config.threads))
+    with contextlib.nullcontext() if out is None else lock_out(out), _threads(config.threads):
         return _run_locked(source, out, config, device, summary)
+
+
+@contextlib.contextmanager
+def _threads(threads: int | None):
+    """torch's intra-op threads and OpenCV's worker threads set to ``threads`` for the
+    block, restored after (None: unchanged)."""
+    if threads is None:
+        yield
+        return
+    import cv2
+    import torch
+
+    before = torch.get_num_threads(), cv2.getNumThreads()
+    torch.set_num_threads(threads)
+    cv2.setNumThreads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before[0])
+        cv2.setNumThreads(before[1])
 
 
 def _run_locked(source, out: Path | None, config: RunConfig, device: str, summary: dict | None) -> RunResult:
@@ -233,7 +262,8 @@ def _reconstruct(
     if refined is not None and refined.applied and config.finetune.steps > 0:
         t0 = time.perf_counter()
         finetuned = finetune_depth(
-            fitted.model, data, refined.c2w, refined.K, refined.points_xyz, config.finetune, config.progress, depth_before=depth
+            fitted.model, data, refined.c2w, refined.K, refined.points_xyz, config.finetune, config.progress,
+            depth_before=depth, observed=refined.observed,
         )
         depth = finetuned.depth
         timings["finetune_s"] = time.perf_counter() - t0
@@ -257,6 +287,13 @@ def _refine(
     return refined
 
 
+def depth_agreement(refined: Refinement, depth: np.ndarray, image_size: tuple[int, int]) -> float:
+    """Median |d - z| / z between the written depth maps (N, h, w) and the adjusted points
+    each frame observes (issue 10's measure; :func:`flowmap.refine.depth.fit_scales`)."""
+    K_work = K_at(refined.K, tuple(image_size), depth.shape[1:])
+    return fit_scales(np.asarray(depth), refined.c2w, K_work, refined.points_seen())[1]
+
+
 def _as_reconstruction(
     solution: Solution,
     refined: Refinement | None,
@@ -277,6 +314,8 @@ def _as_reconstruction(
         refinement = {"applied": bool(refined.applied), **refined.stats}
         if finetuned is not None:
             refinement["finetune"] = finetuned.stats
+        if refined.applied:
+            refinement["depth_agreement"] = depth_agreement(refined, depth, solution.image_size)
     return Reconstruction(
         c2w=c2w,
         K=K,

@@ -168,6 +168,8 @@ def validate_run(source: Path | None, out: Path | None, config: RunConfig, overw
     check_frame_config(config.frames)
     check_correspondence_config(config.correspondences)
     check_refine_config(config.refine)
+    if config.threads is not None and config.threads < 1:
+        raise InputError(f"--threads must be at least 1, got {config.threads}")
     device = resolve_device(config.device)
     if out is not None:
         check_out_dir(out, overwrite)

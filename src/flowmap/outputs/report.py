@@ -358,6 +358,7 @@ REFINEMENT_KEYS = (
     "focal_after",
     "depth_agreement_before",
     "depth_agreement_after",
+    "depth_agreement",
 )
 
 

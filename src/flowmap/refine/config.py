@@ -87,8 +87,10 @@ class RefineConfig:
             minimum from bad cameras: a garbage start adjusted to 84 deg of relative
             rotation error while only 2 of 16 frames were unconstrained).
     Depth:
-        depth_grid: nodes (rows, cols) of the per-frame smooth multiplicative depth
-            correction fitted to the adjusted points (None: per-frame scale only).
+        depth_node_px: node spacing (depth-map pixels) of the per-frame smooth
+            multiplicative depth correction fitted to the adjusted points
+            (:func:`flowmap.refine.depth.fit_correction`; None: per-frame scale only).
+        depth_smooth: regularisation weight of that correction.
     Misc:
         num_threads: threads for COLMAP (extraction, matching, Ceres).
         seed: COLMAP random seed.
@@ -128,7 +130,8 @@ class RefineConfig:
     max_focal_ratio: float = 1.5
     max_weak_fraction: float = 0.25
     max_rotation_disagreement_deg: float = 5.0
-    depth_grid: tuple[int, int] | None = (4, 4)
+    depth_node_px: float | None = 16.0
+    depth_smooth: float = 0.01
     num_threads: int = 2
     seed: int = 0
 
@@ -169,7 +172,9 @@ class Refinement:
         applied: False when the FlowMap cameras were kept (c2w and K are then the input).
         depth: (N, h, w) float32 depth consistent with the refined cameras (input depth
             times a smooth per-frame correction field, or times depth_scale when
-            ``depth_grid`` is None); None when not applied.
+            ``depth_node_px`` is None); None when not applied.
+        observed: N int64 arrays, the rows of ``points_xyz`` each frame observes in the
+            adjusted reconstruction (empty lists when not applied).
     """
 
     c2w: np.ndarray
@@ -181,3 +186,8 @@ class Refinement:
     warnings: list[str] = field(default_factory=list)
     applied: bool = True
     depth: np.ndarray | None = None
+    observed: list[np.ndarray] = field(default_factory=list)
+
+    def points_seen(self) -> list[np.ndarray]:
+        """N arrays (P_i, 3): the adjusted points each frame observes."""
+        return [self.points_xyz[idx] for idx in self.observed]

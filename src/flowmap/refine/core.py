@@ -65,8 +65,12 @@ def refine(images, c2w, K, depth, config: RefineConfig = RefineConfig(), progres
         depth_scale is in the units of c2w. ``stats`` holds: pairs (chosen, by reason,
         verified), rotation_disagreement_deg, reinit, reinit_light, tracks, observations,
         reproj_px_before / after, focal_before / after, rounds (list of per-round
-        records), termination, seconds (per sub-step), depth_agreement_before / after,
-        unconstrained_frames, max_jump.
+        records), termination, seconds (per sub-step), depth_agreement_before / after
+        (median |d - z| / z over the observations of the adjusted points, before: the
+        input depth against the points triangulated with the input cameras; after: the
+        returned depth against the adjusted points), depth_agreement_field_heldout (the
+        same for the correction field fitted on half of the observations, tested on the
+        other half), unconstrained_frames, max_jump.
 
     Raises:
         ValueError: malformed inputs or configuration.
@@ -220,22 +224,24 @@ def refine(images, c2w, K, depth, config: RefineConfig = RefineConfig(), progres
             return y @ anchor[:3, :3].T + anchor[:3, 3]
 
         t0 = time.perf_counter()
-        pts = depth_mod.points_per_frame(rec, ids, transform=to_out)
-        scales, _, agree1 = depth_mod.fit_scales(depth, out_c2w, K_at(K_new, (H, W), depth.shape[1:]), pts)
-        stats["depth_agreement_after"] = agree1
-        Kw_new = K_at(K_new, (H, W), depth.shape[1:])
-        stats["depth_agreement_unscaled_after"] = depth_mod.fit_scales(depth, out_c2w, Kw_new, pts)[1]
-        depth_out = depth * scales[:, None, None].astype(np.float32)
-        if config.depth_grid is not None:
-            depth_out, held, ins = depth_mod.fit_correction(depth, out_c2w, Kw_new, pts, grid=config.depth_grid)
-            stats["depth_agreement_field_heldout"] = held
-            stats["depth_agreement_field"] = ins
         rec.extract_colors_for_all_images(str(image_dir))
         xyz = np.array([p.xyz for p in rec.points3D.values()]).reshape(-1, 3)
         rgb = np.array([p.color for p in rec.points3D.values()], dtype=np.uint8).reshape(-1, 3)
+        xyz = to_out(xyz) if len(xyz) else xyz
+        observed = depth_mod.observed_points(rec, ids)
+        pts = [xyz[idx] for idx in observed]
+        Kw_new = K_at(K_new, (H, W), depth.shape[1:])
+        scales, unscaled, agree1 = depth_mod.fit_scales(depth, out_c2w, Kw_new, pts)
+        stats["depth_agreement_unscaled_after"] = unscaled
+        depth_out = depth * scales[:, None, None].astype(np.float32)
+        if config.depth_node_px is not None:
+            depth_out, held, ins = depth_mod.fit_correction(depth, out_c2w, Kw_new, pts, config.depth_node_px, config.depth_smooth)
+            stats["depth_agreement_field_heldout"] = held
+            agree1 = ins
+        stats["depth_agreement_after"] = agree1
         sec["depth_s"] = time.perf_counter() - t0
 
     stats["focal_after"] = float(0.5 * (K_new[0, 0] + K_new[1, 1]))
     sec["total_s"] = time.perf_counter() - t_all
     say(f"focal {f_before:.2f} -> {stats['focal_after']:.2f} px, depth agreement {agree0:.4f} -> {agree1:.4f}, {sec['total_s']:.1f} s")
-    return Refinement(out_c2w, K_new, scales, to_out(xyz) if len(xyz) else xyz, rgb, stats, warnings, applied=True, depth=depth_out)
+    return Refinement(out_c2w, K_new, scales, xyz, rgb, stats, warnings, applied=True, depth=depth_out, observed=observed)

@@ -1,10 +1,11 @@
-"""Dense depth made consistent with the refined cameras: one robust scale per frame.
+"""Dense depth made consistent with the refined cameras: per-frame scales and smooth corrections.
 
 Each adjusted 3D point observed in frame i is transformed into camera i (refined pose),
 projected into FlowMap's depth map at the working resolution, and its z compared with
 the depth there. The per-frame factor is the median of z_point / z_map (robust to the
 outliers a depth map has at edges). Agreement is the median over all such observations
-of |z_map * scale - z_point| / z_point.
+of |z_map * scale - z_point| / z_point. :func:`fit_correction` replaces the constant
+factor by a smooth multiplicative field per frame fitted to the same observations.
 """
 
 from __future__ import annotations
@@ -66,6 +67,26 @@ def fit_scales(
     return scales, float(np.median(np.concatenate(rel_before))), float(np.median(np.concatenate(rel_after)))
 
 
+def observed_points(rec, ids: list[int]) -> list[np.ndarray]:
+    """Indices of the points each frame of ``rec`` observes (index = frame).
+
+    Args:
+        rec: pycolmap.Reconstruction.
+        ids: image id of each frame.
+
+    Returns:
+        N int64 arrays of rows into the points in the order of ``rec.points3D.values()``
+        (the order in which :func:`flowmap.refine.refine` returns ``points_xyz``).
+    """
+    pos = {img_id: k for k, img_id in enumerate(ids)}
+    lists: list[list[int]] = [[] for _ in ids]
+    for row, p in enumerate(rec.points3D.values()):
+        for el in p.track.elements:
+            if el.image_id in pos:
+                lists[pos[el.image_id]].append(row)
+    return [np.asarray(L, dtype=np.int64) for L in lists]
+
+
 def points_per_frame(rec, ids: list[int], transform=None) -> list[np.ndarray]:
     """World points observed by each frame of ``rec`` (index = frame), optionally transformed.
 
@@ -74,17 +95,10 @@ def points_per_frame(rec, ids: list[int], transform=None) -> list[np.ndarray]:
         ids: image id of each frame.
         transform: optional callable (P, 3) -> (P, 3) applied to the points.
     """
-    pos = {img_id: k for k, img_id in enumerate(ids)}
-    lists: list[list[np.ndarray]] = [[] for _ in ids]
-    for p in rec.points3D.values():
-        for el in p.track.elements:
-            if el.image_id in pos:
-                lists[pos[el.image_id]].append(p.xyz)
-    out = []
-    for L in lists:
-        arr = np.array(L, dtype=np.float64).reshape(-1, 3)
-        out.append(transform(arr) if transform is not None and len(arr) else arr)
-    return out
+    xyz = np.array([p.xyz for p in rec.points3D.values()], dtype=np.float64).reshape(-1, 3)
+    if transform is not None and len(xyz):
+        xyz = transform(xyz)
+    return [xyz[idx] for idx in observed_points(rec, ids)]
 
 
 def _project(depth_hw, c2w, K_work, points):
@@ -96,64 +110,103 @@ def _project(depth_hw, c2w, K_work, points):
     return u[ok], v[ok], z[ok]
 
 
-def _bilinear_design(u, v, h, w, grid):
-    """(P, gh*gw) bilinear interpolation weights of pixel positions on a gh x gw node grid."""
-    gh, gw = grid
-    x = u / max(w - 1, 1) * (gw - 1)
-    y = v / max(h - 1, 1) * (gh - 1)
-    x0 = np.clip(np.floor(x).astype(int), 0, gw - 2)
-    y0 = np.clip(np.floor(y).astype(int), 0, gh - 2)
-    fx, fy = x - x0, y - y0
-    A = np.zeros((len(u), gh * gw))
-    rows = np.arange(len(u))
-    for dy, dx, wgt in ((0, 0, (1 - fx) * (1 - fy)), (0, 1, fx * (1 - fy)), (1, 0, (1 - fx) * fy), (1, 1, fx * fy)):
-        A[rows, (y0 + dy) * gw + x0 + dx] += wgt
+def grid_for(shape: tuple[int, int], node_px: float) -> tuple[int, int]:
+    """(rows, cols) of a node grid spanning an (h, w) map with nodes about ``node_px`` apart."""
+    h, w = shape
+    return (max(2, int(np.ceil((h - 1) / node_px)) + 1), max(2, int(np.ceil((w - 1) / node_px)) + 1))
+
+
+def _interp_1d(x: np.ndarray, n: int, g: int) -> np.ndarray:
+    """(len(x), g) linear interpolation weights of positions x in [0, n-1] on g nodes spanning [0, n-1]."""
+    t = np.asarray(x, dtype=np.float64) / max(n - 1, 1) * (g - 1)
+    i0 = np.clip(np.floor(t).astype(int), 0, g - 2)
+    f = t - i0
+    A = np.zeros((len(t), g))
+    rows = np.arange(len(t))
+    A[rows, i0] = 1.0 - f
+    A[rows, i0 + 1] += f
     return A
 
 
-def _field(h, w, grid, g):
-    """(h, w) dense field interpolated bilinearly from gh x gw node values g."""
-    v, u = np.mgrid[0:h, 0:w]
-    return (_bilinear_design(u.ravel().astype(float), v.ravel().astype(float), h, w, grid) @ g).reshape(h, w)
-
-
-def fit_correction(depth: np.ndarray, c2w: np.ndarray, K_work: np.ndarray, pts: list[np.ndarray], grid=(4, 4), smooth: float = 1.0, min_points: int = 30):
-    """Per-frame smooth multiplicative depth correction fitted to the adjusted points.
-
-    For frame i, log(z_point / z_map) at the points it observes is fitted by a field
-    bilinear on a ``grid`` of nodes (robust: Huber-weighted least squares, 5 IRLS
-    iterations, scale 0.02), regularised towards the frame's median log ratio with
-    weight ``smooth`` per node and by first differences between neighbouring nodes. The
-    corrected depth is depth * exp(field). Frames with fewer than ``min_points`` keep the
-    constant median factor.
-
-    Returns:
-        (corrected depth (N, h, w) float32, median relative difference of the corrected
-        depth on held-out points (fit on even, test on odd samples), in-sample median).
-    """
-    n, h, w = depth.shape
+def _bilinear_design(u, v, h, w, grid):
+    """(P, gh*gw) bilinear interpolation weights of pixel positions on a gh x gw node grid."""
     gh, gw = grid
-    out = np.array(depth, dtype=np.float32, copy=True)
-    held, ins = [], []
-    # first-difference operator between neighbouring nodes
-    D = []
+    Ay, Ax = _interp_1d(v, h, gh), _interp_1d(u, w, gw)
+    return (Ay[:, :, None] * Ax[:, None, :]).reshape(len(u), gh * gw)
+
+
+def _field(h, w, grid, g):
+    """(h, w) dense field interpolated bilinearly from gh x gw node values g (separable)."""
+    gh, gw = grid
+    Ay, Ax = _interp_1d(np.arange(h), h, gh), _interp_1d(np.arange(w), w, gw)
+    return Ay @ np.asarray(g).reshape(gh, gw) @ Ax.T
+
+
+def _difference_operator(gh: int, gw: int) -> np.ndarray:
+    """(E, gh*gw) first differences between horizontally and vertically neighbouring nodes."""
+    rows = []
     for r in range(gh):
         for c in range(gw):
             for dr, dc in ((0, 1), (1, 0)):
                 if r + dr < gh and c + dc < gw:
                     row = np.zeros(gh * gw)
                     row[r * gw + c], row[(r + dr) * gw + c + dc] = -1, 1
-                    D.append(row)
-    D = np.array(D)
+                    rows.append(row)
+    return np.array(rows).reshape(-1, gh * gw)
+
+
+def fit_correction(
+    depth: np.ndarray,
+    c2w: np.ndarray,
+    K_work: np.ndarray,
+    pts: list[np.ndarray],
+    node_px: float = 16.0,
+    smooth: float = 0.01,
+    min_points: int = 30,
+) -> tuple[np.ndarray, float, float]:
+    """Per-frame smooth multiplicative depth correction fitted to the adjusted points.
+
+    For frame i, log(z_point / z_map) at the points it observes is fitted by a field
+    bilinear on a grid of nodes about ``node_px`` depth-map pixels apart
+    (:func:`grid_for`), robustly (Huber-weighted least squares, 5 IRLS iterations, scale
+    0.02 in log depth), regularised towards the frame's median log ratio with weight
+    ``smooth`` per node and by first differences between neighbouring nodes (weight
+    10 ``smooth``), so nodes without points follow their neighbours. The corrected depth
+    is depth * exp(field). Frames with fewer than ``min_points`` keep the constant
+    median factor (or 1 without points).
+
+    The node spacing and weight were chosen on held-out points (fit on even, test on odd
+    observations of each frame) from the 300-step starts: 16 px and 0.01 gave held-out
+    median relative differences of 0.6 % (fox) and 1.6 % (tum-office), against 2.4 % and
+    3.3 % for a 4 x 4 grid with weight 1; the AbsRel against tum-rpy's Kinect depth
+    stayed the same (0.385 vs 0.400).
+
+    Args:
+        depth: (N, h, w) z-depth maps.
+        c2w: (N, 4, 4) cameras of the points, OpenCV axes.
+        K_work: (3, 3) intrinsics at the depth maps' resolution (pixel centres at integers).
+        pts: N arrays (P_i, 3) of the world points each frame observes.
+        node_px: node spacing in depth-map pixels.
+        smooth: regularisation weight (see above).
+        min_points: fewer observations: the frame gets its median factor only.
+
+    Returns:
+        (corrected depth (N, h, w) float32, median relative difference of the corrected
+        depth on held-out points, in-sample median); NaN medians when no frame has points.
+    """
+    n, h, w = depth.shape
+    grid = grid_for((h, w), node_px)
+    nodes = grid[0] * grid[1]
+    out = np.array(depth, dtype=np.float32, copy=True)
+    held, ins = [], []
+    DtD = 10.0 * smooth * (lambda D: D.T @ D)(_difference_operator(*grid))
 
     def solve(A, y, prior):
         wts = np.ones(len(y))
-        g = np.full(gh * gw, prior)
+        g = np.full(nodes, prior)
         for _ in range(5):
             Aw = A * wts[:, None]
-            lhs = A.T @ Aw + smooth * np.eye(gh * gw) + 10.0 * smooth * D.T @ D
-            rhs = Aw.T @ y + smooth * prior
-            g = np.linalg.solve(lhs, rhs)
+            g = np.linalg.solve(A.T @ Aw + smooth * np.eye(nodes) + DtD, Aw.T @ y + smooth * prior)
             r = np.abs(A @ g - y)
             wts = np.where(r < 0.02, 1.0, 0.02 / np.maximum(r, 1e-12))
         return g
@@ -165,15 +218,17 @@ def fit_correction(depth: np.ndarray, c2w: np.ndarray, K_work: np.ndarray, pts: 
         zm = depth[i][np.rint(v).astype(int), np.rint(u).astype(int)].astype(np.float64)
         ok = np.isfinite(zm) & (zm > 0)
         u, v, zp, zm = u[ok], v[ok], zp[ok], zm[ok]
-        if len(zp) < min_points:
+        if len(zp) == 0:
             continue
         y = np.log(zp / zm)
-        prior = float(np.median(y))
+        if len(zp) < min_points:
+            out[i] = depth[i] * np.float32(np.exp(np.median(y)))
+            continue
         A = _bilinear_design(u, v, h, w, grid)
         tr, te = np.arange(len(y)) % 2 == 0, np.arange(len(y)) % 2 == 1
         g_half = solve(A[tr], y[tr], float(np.median(y[tr])))
         held.append(np.abs(np.exp(A[te] @ g_half - y[te]) - 1.0))
-        g = solve(A, y, prior)
+        g = solve(A, y, float(np.median(y)))
         ins.append(np.abs(np.exp(A @ g - y) - 1.0))
         out[i] = (depth[i] * np.exp(_field(h, w, grid, g))).astype(np.float32)
     if not held:

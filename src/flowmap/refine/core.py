@@ -186,7 +186,10 @@ def refine(images, c2w, K, depth, config: RefineConfig = RefineConfig(), progres
             reasons.append(f"focal moved too far ({f_before:.1f} -> {K_new[0, 0]:.1f} px)")
         if len(weak) > config.max_weak_fraction * n:
             reasons.append(f"{len(weak)} of {n} frames left unconstrained")
-        after, _ = reinit_mod.rotation_disagreement(refined, verified)
+        # The pairs' rotations again, with the adjusted focal (they were estimated with FlowMap's).
+        verified_after = [dict(p) for p in verified]
+        reinit_mod.relative_rotations(db, verified_after, K_new, config, all_pairs=True)
+        after, _ = reinit_mod.rotation_disagreement(refined, verified_after)
         stats["rotation_disagreement_after_deg"] = after
         if not after <= config.max_rotation_disagreement_deg:
             reasons.append(

@@ -18,22 +18,33 @@ import numpy as np
 from flowmap.refine.colmap_io import c2w_from_rigid, camera_K, rotation_angle_deg, transform_c2w, umeyama
 
 
-def relative_rotations(database: Path, verified: list[dict], K: np.ndarray, cfg, max_pairs: int = 150) -> None:
+def relative_rotations(
+    database: Path, verified: list[dict], K: np.ndarray, cfg, max_pairs: int = 150, all_pairs: bool = False
+) -> None:
     """Fill in ``R`` for verified pairs that COLMAP left uncalibrated (in place).
 
     COLMAP labels a pair UNCALIBRATED when a fundamental matrix explains the matches
     clearly better than an essential matrix with the prior camera, which happens when
     FlowMap's focal is a few percent off; its stored pose is then unreliable. Here an
     essential matrix is re-estimated (LO-RANSAC, cheirality check:
-    ``pycolmap.estimate_essential_matrix``) on the inlier matches with FlowMap's K, for
-    the ``max_pairs`` pairs with most inliers. Pure-rotation / planar pairs are skipped.
+    ``pycolmap.estimate_essential_matrix``) on the inlier matches with the intrinsics
+    ``K``, for the ``max_pairs`` pairs with most inliers. Pure-rotation / planar pairs are
+    skipped. ``all_pairs``: re-estimate every pair with ``K`` (the pairs' ``R`` are
+    replaced; pairs without an estimate get None), as the check after the adjustment does
+    with the adjusted focal (the stored poses used the input focal, which can be tens of
+    percent off after a short descent).
     """
     import pycolmap
 
     from flowmap.refine.colmap_io import camera_params
 
     camera = pycolmap.Camera(model="SIMPLE_PINHOLE", width=int(2 * K[0, 2] + 1), height=int(2 * K[1, 2] + 1), params=camera_params(K, "SIMPLE_PINHOLE"))
-    todo = [p for p in verified if p["R"] is None and p["config"] == int(pycolmap.TwoViewGeometryConfiguration.UNCALIBRATED)]
+    if all_pairs:
+        todo = list(verified)
+        for p in todo:
+            p["R"] = p["t"] = None
+    else:
+        todo = [p for p in verified if p["R"] is None and p["config"] == int(pycolmap.TwoViewGeometryConfiguration.UNCALIBRATED)]
     todo = sorted(todo, key=lambda p: -p["inliers"])[:max_pairs]
     if not todo:
         return

@@ -94,10 +94,19 @@ def fake_solve(model, data, focal_px, *args, **kwargs) -> Solution:
     return Solution(c2w, K, np.ones((n, h, w), np.float32), np.ones((n - 1, h, w), np.float32), (H, W), {"flow": 0.0, "tracks": 0.0})
 
 
+def fake_finetune(model, data, c2w, K, points_xyz, config, progress=False, depth_before=None, observed=None):
+    """Stand-in for flowmap.finetune.finetune_depth (the fake fit has no network): the depth as given."""
+    from flowmap.finetune import FinetuneResult
+
+    return FinetuneResult(np.asarray(depth_before, dtype=np.float32), {"steps": 0})
+
+
 def fake_stages(monkeypatch, fit=fake_fit) -> None:
-    """Replace the optimisation and the final solve of the pipeline by the fakes above."""
+    """Replace the optimisation, the final solve and the depth fine-tuning of the pipeline
+    by the fakes above (the refinement, when it runs, is real)."""
     monkeypatch.setattr(flowmap.pipeline, "fit", fit)
     monkeypatch.setattr(flowmap.pipeline, "solve", fake_solve)
+    monkeypatch.setattr(flowmap.pipeline, "finetune_depth", fake_finetune)
 
 
 # ----------------------------------------------------------------------------- paths and files
@@ -375,13 +384,14 @@ import os, signal, sys
 sys.path.insert(0, {tests!r})
 import flowmap.outputs, flowmap.pipeline
 from flowmap.cli import app
-from test_inputs import fake_fit, fake_solve
+from test_inputs import fake_finetune, fake_fit, fake_solve
 
 def die(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL)
 
 flowmap.pipeline.fit = fake_fit
 flowmap.pipeline.solve = fake_solve
+flowmap.pipeline.finetune_depth = fake_finetune
 flowmap.outputs.write_transforms = die
 app(["run", {source!r}, "-o", {out!r}, "--steps", "5", "--pixel-budget", "3072", "--quiet"])
 """

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from flowmap.errors import InputError
-from flowmap.refine.colmap_io import quiet_colmap
+from flowmap.refine.colmap_io import extract_sift, quiet_colmap, sift_options
 from flowmap.frames import IMAGE_SUFFIXES
 from flowmap.frames import list_images as frame_files
 
@@ -146,20 +146,7 @@ def global_mapper_available() -> bool:
 def _extract_and_match(database: Path, image_dir: Path, names: list[str], cfg: ColmapConfig, matcher: str) -> None:
     import pycolmap
 
-    reader = pycolmap.ImageReaderOptions()
-    reader.camera_model = cfg.camera_model
-    extraction = pycolmap.FeatureExtractionOptions()
-    extraction.num_threads = cfg.num_threads
-    extraction.sift.max_num_features = cfg.max_num_features
-    pycolmap.extract_features(
-        database,
-        image_dir,
-        image_names=names,
-        camera_mode=pycolmap.CameraMode.SINGLE,
-        reader_options=reader,
-        extraction_options=extraction,
-        device=pycolmap.Device.cpu,
-    )
+    extract_sift(database, image_dir, names, cfg.camera_model, sift_options(cfg.num_threads, cfg.max_num_features))
     _forget_focal_priors(database, cfg)
     matching = pycolmap.FeatureMatchingOptions()
     matching.num_threads = cfg.num_threads

@@ -183,6 +183,11 @@ def _one_line(exc: BaseException) -> str:
     return text if isinstance(exc, FlowmapError) else f"{type(exc).__name__}: {text}"
 
 
+def _record(source: BatchSource, out: Path, status: str, **fields) -> dict:
+    """A source's entry in ``batch.json``: name, source, out, status, then ``fields``."""
+    return {"name": source.name, "source": str(source.path), "out": str(out), "status": status, **fields}
+
+
 def run_source(source: BatchSource, out: Path, config: RunConfig) -> dict:
     """Run one source into ``out`` (:func:`flowmap.pipeline.run`); never raises.
 
@@ -192,7 +197,7 @@ def run_source(source: BatchSource, out: Path, config: RunConfig) -> dict:
     """
     from flowmap.pipeline import run
 
-    record = {"name": source.name, "source": str(source.path), "out": str(out), "status": "failed", "error": None}
+    record = _record(source, out, "failed", error=None)
     t0 = time.perf_counter()
     try:
         cfg = config
@@ -285,7 +290,7 @@ def run_batch(items: list[Path], out_root: Path, run_config: RunConfig, config: 
             )
     out_root.mkdir(parents=True, exist_ok=True)
     task_config = replace(run_config, threads=threads, progress=False, resume=config.resume, overwrite=config.overwrite)
-    records = {s.name: {"name": s.name, "source": str(s.path), "out": str(outs[s.name]), "status": "pending"} for s in sources}
+    records = {s.name: _record(s, outs[s.name], "pending") for s in sources}
     todo = []
     for s in sources:
         if config.resume and not config.overwrite and _is_complete(outs[s.name]):
@@ -332,8 +337,7 @@ def _schedule(ray, todo, outs, task_config, config, threads, records, save) -> N
             try:
                 record = ray.get(ready[0])
             except Exception as exc:  # noqa: BLE001  (the worker died: recorded, the batch goes on)
-                record = {"name": s.name, "source": str(s.path), "out": str(outs[s.name]), "status": "failed",
-                          "error": f"worker failed: {_one_line(exc)}"}
+                record = _record(s, outs[s.name], "failed", error=f"worker failed: {_one_line(exc)}")
             records[s.name] = record
             n_done += record["status"] == "done"
             n_failed += record["status"] == "failed"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 
@@ -24,6 +25,35 @@ def quiet_colmap(verbose: bool = False) -> Iterator[None]:
         yield
     finally:
         pycolmap.logging.minloglevel = previous
+
+
+def sift_options(num_threads: int, max_num_features: int):
+    """pycolmap.FeatureExtractionOptions with the thread count and the SIFT feature cap set
+    (the rest COLMAP's defaults; callers set further SIFT options on ``.sift``)."""
+    import pycolmap
+
+    extraction = pycolmap.FeatureExtractionOptions()
+    extraction.num_threads = num_threads
+    extraction.sift.max_num_features = int(max_num_features)
+    return extraction
+
+
+def extract_sift(database: Path, image_dir: Path, names: list[str], camera_model: str, extraction) -> None:
+    """COLMAP SIFT of the images ``names`` of ``image_dir`` into ``database``, on the CPU,
+    one camera of ``camera_model`` shared by all images (``pycolmap.extract_features``)."""
+    import pycolmap
+
+    reader = pycolmap.ImageReaderOptions()
+    reader.camera_model = camera_model
+    pycolmap.extract_features(
+        database,
+        image_dir,
+        image_names=names,
+        camera_mode=pycolmap.CameraMode.SINGLE,
+        reader_options=reader,
+        extraction_options=extraction,
+        device=pycolmap.Device.cpu,
+    )
 
 
 def camera_params(K: np.ndarray, model: str) -> list[float]:

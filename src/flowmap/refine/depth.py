@@ -199,7 +199,8 @@ def fit_correction(
     nodes = grid[0] * grid[1]
     out = np.array(depth, dtype=np.float32, copy=True)
     held, ins = [], []
-    DtD = 10.0 * smooth * (lambda D: D.T @ D)(_difference_operator(*grid))
+    D = _difference_operator(*grid)
+    DtD = 10.0 * smooth * D.T @ D
 
     def solve(A, y, prior):
         wts = np.ones(len(y))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flowmap.refine.colmap_io import camera_params
+from flowmap.refine.colmap_io import camera_params, extract_sift, sift_options
 
 
 def image_names(n: int) -> list[str]:
@@ -40,11 +40,7 @@ def extract(database: Path, image_dir: Path, names: list[str], K: np.ndarray, cf
     """
     import pycolmap
 
-    reader = pycolmap.ImageReaderOptions()
-    reader.camera_model = cfg.camera_model
-    extraction = pycolmap.FeatureExtractionOptions()
-    extraction.num_threads = cfg.num_threads
-    extraction.sift.max_num_features = int(cfg.max_num_features)
+    extraction = sift_options(cfg.num_threads, cfg.max_num_features)
     extraction.sift.first_octave = int(cfg.sift_first_octave)
     extraction.sift.domain_size_pooling = bool(cfg.sift_dsp)
     extraction.sift.peak_threshold = float(cfg.sift_peak_threshold)
@@ -52,15 +48,7 @@ def extract(database: Path, image_dir: Path, names: list[str], K: np.ndarray, cf
     extraction.sift.estimate_affine_shape = bool(cfg.sift_affine)
     if cfg.max_image_side is not None:
         extraction.max_image_size = int(cfg.max_image_side)
-    pycolmap.extract_features(
-        database,
-        image_dir,
-        image_names=names,
-        camera_mode=pycolmap.CameraMode.SINGLE,
-        reader_options=reader,
-        extraction_options=extraction,
-        device=pycolmap.Device.cpu,
-    )
+    extract_sift(database, image_dir, names, cfg.camera_model, extraction)
     db = pycolmap.Database.open(database)
     try:
         for camera in db.read_all_cameras():

@@ -222,7 +222,7 @@ def test_focal_that_is_not_a_number(tmp_path):
         (["--stride", "0"], "--stride must be 1 or more"),
         (["--pixel-budget", "0"], "--pixel-budget must be at least 256"),
         (["--steps", "-3"], "--steps must be >= 0, got -3"),
-        (["--steps", "0"], "feed-forward mode (no optimisation), which needs a pretrained network; none is available yet"),
+        (["--steps", "0", "--init", "none"], "runs the network feed-forward, which needs pretrained weights: use --init default"),
         (["--threads", "0"], "--threads must be at least 1, got 0"),
     ],
 )

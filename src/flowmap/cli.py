@@ -30,6 +30,11 @@ STEPS = typer.Option(None, help="Optimisation steps (default: see README).")
 SEED = typer.Option(0, help="Random seed.")
 REFINE = typer.Option("colmap", help=REFINE_HELP)
 CAMERA_MODEL = typer.Option("SIMPLE_PINHOLE", help=CAMERA_MODEL_HELP)
+INIT_HELP = (
+    "Where the networks start: default (the checkpoint shipped with flowmap, trained across videos) | "
+    "none (random weights) | PATH (a checkpoint of flowmap train)."
+)
+INIT = typer.Option("none", help=INIT_HELP)
 
 app = typer.Typer(
     add_completion=False,
@@ -84,13 +89,15 @@ def _run_config(
     refine: str = "colmap",
     camera_model: str = "SIMPLE_PINHOLE",
     threads: Optional[int] = None,
+    init: str = "none",
 ):
     """The flags of ``run`` / ``demo`` / ``bench`` / ``batch`` as a :class:`flowmap.pipeline.RunConfig`."""
     from flowmap.pipeline import RunConfig
     from flowmap.validate import refine_config
 
     cfg = RunConfig(
-        focal=focal, device=device, seed=seed, progress=not quiet, overwrite=overwrite, resume=resume, threads=threads
+        focal=focal, device=device, seed=seed, progress=not quiet, overwrite=overwrite, resume=resume, threads=threads,
+        init=str(init),
     )
     cfg.refine = refine_config(refine, camera_model)
     cfg.frames.max_frames = max_frames
@@ -148,6 +155,7 @@ def run(
     refine: str = REFINE,
     camera_model: str = CAMERA_MODEL,
     threads: Optional[int] = typer.Option(None, help=THREADS_HELP),
+    init: str = INIT,
     quiet: bool = typer.Option(False, help="No progress bars."),
     debug: bool = typer.Option(False, help="Show tracebacks."),
 ):
@@ -157,7 +165,7 @@ def run(
 
         cfg = _run_config(
             max_frames, stride, pixel_budget, focal, steps, device, seed, quiet, overwrite, resume, colmap_text, gt,
-            refine, camera_model, threads,
+            refine, camera_model, threads, init,
         )
         _interrupt_on_sigterm()
         result = run_pipeline(source, out, cfg, summary={"command": " ".join(sys.argv)})
@@ -190,6 +198,7 @@ def batch(
     colmap_text: bool = typer.Option(False, help="Also write the COLMAP models as .txt."),
     refine: str = REFINE,
     camera_model: str = CAMERA_MODEL,
+    init: str = INIT,
     quiet: bool = typer.Option(False, help="No progress bar."),
     debug: bool = typer.Option(False, help="Show tracebacks."),
 ):
@@ -199,7 +208,7 @@ def batch(
 
         cfg = _run_config(
             max_frames, stride, pixel_budget, focal, steps, device, seed, True, False, False, colmap_text, None,
-            refine, camera_model,
+            refine, camera_model, init=init,
         )
         bcfg = BatchConfig(jobs=jobs, threads=threads, address=address, resume=resume, overwrite=overwrite, progress=not quiet)
         _interrupt_on_sigterm()
@@ -208,6 +217,47 @@ def batch(
         print(f"-> {out / 'batch.json'}, {out / 'batch.html'}", file=sys.stderr)
         if summary.get("failed"):
             raise typer.Exit(code=1)
+
+
+@app.command()
+def train(
+    sources: list[Path] = typer.Argument(..., help="Videos or image folders to train on (no ground truth needed)."),
+    out: Path = typer.Option(..., "-o", "--out", help="Checkpoint to write (.pt); its model card and loss plot go beside it."),
+    val: list[Path] = typer.Option([], "--val", help="A held-back video or folder for the validation loss (repeatable)."),
+    steps: int = typer.Option(6000, help="Training steps (one random window of one random video each)."),
+    lr: float = typer.Option(1e-3, help="Peak learning rate."),
+    max_frames: Optional[int] = MAX_FRAMES,
+    stride: int = STRIDE,
+    pixel_budget: int = PIXEL_BUDGET,
+    device: str = typer.Option("auto", help="auto (the GPU when torch sees one) | cpu | cuda"),
+    seed: int = SEED,
+    threads: Optional[int] = typer.Option(None, help="CPU threads (default: all cores)."),
+    resume: bool = typer.Option(False, help="Continue an interrupted training (same sources and settings)."),
+    quiet: bool = typer.Option(False, help="No progress bars."),
+    debug: bool = typer.Option(False, help="Show tracebacks."),
+):
+    """Train the depth network and weight MLP across videos (FlowCam); use it with run --init CKPT."""
+    with _guard(debug):
+        from flowmap.errors import InputError
+        from flowmap.pipeline import cpu_threads
+        from flowmap.train import TrainConfig, train as train_across
+        from flowmap.validate import resolve_device
+
+        cfg = TrainConfig(steps=steps, lr=lr, seed=seed)
+        cfg.frames.max_frames = max_frames
+        cfg.frames.stride = stride
+        cfg.frames.pixel_budget = pixel_budget
+        if threads is not None and threads < 1:
+            raise InputError(f"--threads must be at least 1, got {threads}")
+        _interrupt_on_sigterm()
+        with cpu_threads(threads):
+            result = train_across(
+                sources, out, cfg, val_paths=val, device=resolve_device(device), resume=resume, progress=not quiet,
+                command=" ".join(["flowmap", *(a for a in sys.argv[1:] if a != "--resume")]),
+            )
+        last = result.history[-1] if result.history else {}
+        val_text = f", validation loss {last['val']:.4f}" if "val" in last else ""
+        print(f"trained {steps} steps in {result.train_s:.0f} s{val_text} -> {out}", file=sys.stderr)
 
 
 @app.command("eval")
@@ -264,6 +314,7 @@ def bench(
     matcher: str = typer.Option("auto", help="COLMAP matcher: auto | sequential | exhaustive"),
     colmap_threads: int = typer.Option(-1, help="CPU threads COLMAP may use (-1: all)."),
     refine: str = typer.Option("colmap", help=REFINE_HELP),
+    init: str = INIT,
     debug: bool = typer.Option(False, help="Show tracebacks."),
 ):
     """Run flowmap and COLMAP on the same frames; print a table and write bench.json.
@@ -276,7 +327,7 @@ def bench(
         from flowmap.bench import run_bench
 
         _interrupt_on_sigterm()
-        cfg = _run_config(steps=steps, device=device, quiet=True, refine=refine)
+        cfg = _run_config(steps=steps, device=device, quiet=True, refine=refine, init=init)
         mappers = ("incremental",) if no_global else ("incremental", "global")
         colmap_cfg = ColmapConfig(matcher=matcher, num_threads=colmap_threads)
         results = run_bench(

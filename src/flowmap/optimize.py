@@ -22,15 +22,24 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from flowmap.checkpoint import CHECKPOINT_NAME, fingerprint, load_checkpoint, save_checkpoint
+from flowmap.checkpoint import (
+    CHECKPOINT_NAME,
+    fingerprint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from flowmap.errors import NumericalError
 from flowmap.model.depth import DepthNetConfig
-from flowmap.model.flowmap import FlowMapModel, VideoTensors
+from flowmap.model.flowmap import FlowMapModel, VideoTensors, WindowOutput
 from flowmap.model.intrinsics import FocalConfig
 from flowmap.model.weights import WeightMLPConfig
 from flowmap.objective import ObjectiveConfig, window_losses
+from flowmap.pretrained import Pretrained
 
-__all__ = ["CHECKPOINT_NAME", "Fit", "OptimConfig", "fit", "lr_factor", "sample_window", "switch_focal"]
+__all__ = [
+    "CHECKPOINT_NAME", "Fit", "OptimConfig", "descend", "feedforward_focal", "fit", "lr_factor", "sample_window",
+    "switch_focal", "window_step",
+]
 
 
 @dataclass
@@ -133,6 +142,50 @@ def _grads_finite(model: torch.nn.Module) -> bool:
     return all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
 
 
+def window_step(
+    model: FlowMapModel, data: VideoTensors, window: int, cfg: OptimConfig, generator: torch.Generator, use_tracks: bool
+) -> tuple[WindowOutput, dict[str, torch.Tensor]]:
+    """One step's forward pass: a random window of ``window`` frames, random pixels for
+    the pose/focal solves (``cfg.procrustes_points``) and for the flow loss
+    (``cfg.loss_points``), the model and the FlowMap objective (METHOD.md 3-4).
+
+    Draws from ``generator`` in a fixed order (window, solve pixels, loss pixels), so a
+    resumed run repeats an uninterrupted one.
+
+    Returns:
+        The model's :class:`WindowOutput` and the losses (``loss``, ``flow``, [``tracks``]).
+    """
+    h, w = data.shape
+    device = data.images.device
+    start = sample_window(data.n, window, generator)
+    pixels = torch.randperm(h * w, generator=generator, device="cpu")[: cfg.procrustes_points].to(device)
+    out = model(data, start, start + window, pixels)
+    if cfg.loss_points and cfg.loss_points < h * w:
+        loss_pixels = torch.randperm(h * w, generator=generator, device="cpu")[: cfg.loss_points].to(device)
+    else:
+        loss_pixels = slice(None)
+    return out, window_losses(out, data, start, start + window, loss_pixels, cfg.objective, use_tracks)
+
+
+def descend(opt: torch.optim.Optimizer, model: torch.nn.Module, loss: torch.Tensor) -> bool:
+    """Backpropagate ``loss`` and take the optimiser step, unless the loss or a gradient
+    is not finite (then nothing is updated and the gradients are cleared).
+
+    Returns:
+        True when the step was taken.
+    """
+    opt.zero_grad(set_to_none=True)
+    finite = bool(torch.isfinite(loss))
+    if finite:
+        loss.backward()
+        finite = _grads_finite(model)
+    if not finite:
+        opt.zero_grad(set_to_none=True)
+        return False
+    opt.step()
+    return True
+
+
 def fit(
     data: VideoTensors,
     cfg: OptimConfig,
@@ -142,6 +195,7 @@ def fit(
     checkpoint_dir: Path | None = None,
     progress: bool = True,
     fault_step: int | None = None,
+    init: Pretrained | None = None,
 ) -> Fit:
     """Fit the FlowMap model to one video.
 
@@ -158,6 +212,10 @@ def fit(
             with the same result as an uninterrupted one.
         progress: show a tqdm bar with the loss and focal length.
         fault_step: testing aid: the loss of this step is replaced by NaN.
+        init: pretrained weights of the two networks (``--init``); None: the networks
+            start from their random (zero-head) initialisation. With ``cfg.steps = 0``
+            nothing is optimised (feed-forward mode, FlowCam): the focal length is then
+            :func:`feedforward_focal`'s.
 
     Returns:
         :class:`Fit`.
@@ -172,7 +230,10 @@ def fit(
     N = data.n
     window = N if cfg.window <= 0 else min(cfg.window, N)
 
-    model = FlowMapModel(cfg.depth, cfg.weights, cfg.focal, image_size, focal_px).to(device)
+    model = FlowMapModel(cfg.depth, cfg.weights, cfg.focal, image_size, focal_px)
+    if init is not None:
+        init.apply(model.depth_net, model.weight_net)
+    model = model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     base_lrs = [cfg.lr]
 
@@ -187,7 +248,7 @@ def fit(
     warnings: list[str] = []
     lr_scale, bad_steps, first_step = 1.0, 0, 0
 
-    run_id = fingerprint(cfg, focal_px, seed, N, [h, w])
+    run_id = fingerprint(cfg, focal_px, seed, N, [h, w], None if init is None else init.digest)
     ckpt_path = None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT_NAME
     state = None if ckpt_path is None else load_checkpoint(ckpt_path, run_id, warnings)
     if state is not None:
@@ -233,23 +294,10 @@ def fit(
         factor = lr_factor(step, cfg) * lr_scale
         for group, base in zip(opt.param_groups, base_lrs):
             group["lr"] = base * factor
-        start = sample_window(N, window, generator)
-        pixels = torch.randperm(h * w, generator=generator, device="cpu")[: cfg.procrustes_points].to(device)
-        out = model(data, start, start + window, pixels)
-        if cfg.loss_points and cfg.loss_points < h * w:
-            loss_pixels = torch.randperm(h * w, generator=generator, device="cpu")[: cfg.loss_points].to(device)
-        else:
-            loss_pixels = slice(None)
-        losses = window_losses(out, data, start, start + window, loss_pixels, cfg.objective, step >= track_start)
+        out, losses = window_step(model, data, window, cfg, generator, step >= track_start)
         loss = losses["loss"] * float("nan") if step == fault_step else losses["loss"]
-        opt.zero_grad(set_to_none=True)
-        finite = bool(torch.isfinite(loss))
-        if finite:
-            loss.backward()
-            finite = _grads_finite(model)
-        if not finite:
-            # Skip the update, halve the learning rate (issue 4: never corrupt the run).
-            opt.zero_grad(set_to_none=True)
+        if not descend(opt, model, loss):
+            # Skipped update: halve the learning rate (issue 4: never corrupt the run).
             bad_steps += 1
             lr_scale *= 0.5
             warnings.append(f"step {step}: non-finite loss or gradient, step skipped and learning rate halved")
@@ -257,8 +305,6 @@ def fit(
                 raise NumericalError(
                     f"the optimisation diverged ({bad_steps} non-finite steps); try another --seed or check the input"
                 )
-        else:
-            opt.step()
         f = float(out.focal.detach())
         if model.searching_focal and np.isfinite(f):
             focal_history.append(f)
@@ -274,6 +320,31 @@ def fit(
         final = float(focal_px)
     elif model.learned_focal is not None:
         final = float(model.learned_focal().detach())
+    elif focal_history:
+        final = float(np.mean(focal_history[-cfg.focal.average_last :]))
     else:
-        final = float(np.mean(focal_history[-cfg.focal.average_last :])) if focal_history else math.nan
+        final = feedforward_focal(model, data, window, cfg)
     return Fit(model, final, history, warnings, loop_s)
+
+
+@torch.no_grad()
+def feedforward_focal(model: FlowMapModel, data: VideoTensors, window: int, cfg: OptimConfig) -> float:
+    """The focal length of the model as it stands, without a gradient step (``--steps 0``).
+
+    The softmin over candidates (FlowMap 3.3) of each window of ``window`` consecutive
+    frames, on windows that tile the video (the last one ends at the last frame), at
+    ``cfg.procrustes_points`` evenly strided pixels; the median over the windows.
+
+    Returns:
+        Focal length in pixels of the input frames (``model.image_size``).
+    """
+    h, w = data.shape
+    n = data.n
+    window = min(max(2, window), n)
+    starts = sorted({min(s, n - window) for s in range(0, n - 1, window - 1)})
+    count = min(h * w, max(1, cfg.procrustes_points))
+    pixels = torch.linspace(0, h * w - 1, count, device=data.images.device).round().long()
+    focals = [float(model(data, s, s + window, pixels).focal) for s in starts]
+    focals = [f for f in focals if math.isfinite(f)]
+    return float(np.median(focals)) if focals else math.nan
+

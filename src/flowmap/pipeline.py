@@ -47,6 +47,7 @@ from flowmap.frames import FrameConfig, load_frames, resize_images, working_shap
 from flowmap.memory import MemoryConfig, check_run_memory
 from flowmap.model.flowmap import VideoTensors
 from flowmap.optimize import OptimConfig, fit
+from flowmap.pretrained import resolve_init
 from flowmap.outputs import OutputConfig, write_outputs
 from flowmap.refine import RefineConfig, Refinement, refine
 from flowmap.refine.depth import fit_scales
@@ -77,6 +78,10 @@ class RunConfig:
         outputs: what is written to OUT (when a run has one).
         overwrite: replace a non-empty OUT (only once the new one is complete).
         resume: continue from the cache of an interrupted run with the same settings.
+        init: where the networks start (``--init``): "none" (random weights, scratch
+            training as in the FlowMap paper), "default" (the checkpoint shipped in the
+            package, trained across videos by ``flowmap train``; :mod:`flowmap.pretrained`)
+            or the path of a checkpoint ``flowmap train`` wrote.
         threads: CPU threads of the run (torch's intra-op threads and OpenCV's during the
             run, and COLMAP's in the refinement); None: the libraries' defaults (all
             cores) and ``refine.num_threads``. With 1, a run on the CPU is
@@ -97,6 +102,7 @@ class RunConfig:
     outputs: OutputConfig = field(default_factory=OutputConfig)
     overwrite: bool = False
     resume: bool = False
+    init: str = "none"
     threads: int | None = None
 
     def to_dict(self) -> dict:
@@ -158,12 +164,12 @@ def run(source: str | Path | Frames, out: Path | None = None, config: RunConfig 
     device = validate_run(path, out, config, overwrite=config.overwrite)
     if config.threads is not None and config.refine is not None:
         config = replace(config, refine=replace(config.refine, num_threads=config.threads))
-    with contextlib.nullcontext() if out is None else lock_out(out), _threads(config.threads):
+    with contextlib.nullcontext() if out is None else lock_out(out), cpu_threads(config.threads):
         return _run_locked(source, out, config, device, summary)
 
 
 @contextlib.contextmanager
-def _threads(threads: int | None):
+def cpu_threads(threads: int | None):
     """torch's intra-op threads and OpenCV's worker threads set to ``threads`` for the
     block, restored after (None: unchanged)."""
     if threads is None:
@@ -232,6 +238,7 @@ def _reconstruct(
     t0 = time.perf_counter()
     image_size = (frames.height, frames.width)
     data = VideoTensors.from_numpy(working, corr, device)
+    init = resolve_init(config.init, config.optim.depth, config.optim.weights)
     fitted = fit(
         data,
         config.optim,
@@ -240,6 +247,7 @@ def _reconstruct(
         seed=config.seed,
         checkpoint_dir=cache,
         progress=config.progress,
+        init=init,
     )
     timings["optimize_loop_s"] = fitted.loop_s
     t1 = time.perf_counter()

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from flowmap.errors import InputError
+from flowmap.pretrained import resolve_init
 from flowmap.refine.config import RefineConfig
 
 if TYPE_CHECKING:
@@ -46,14 +47,15 @@ def check_focal(focal_px: float | None) -> None:
         )
 
 
-def check_steps(steps: int) -> None:
-    """Raise :class:`InputError` for a negative step count, or 0 (feed-forward mode, not available yet)."""
+def check_steps(steps: int, init: str = "none") -> None:
+    """Raise :class:`InputError` for a negative step count, or 0 (feed-forward mode)
+    without a pretrained network to run (``--init none``)."""
     if steps < 0:
         raise InputError(f"--steps must be >= 0, got {steps}")
-    if steps == 0:
+    if steps == 0 and str(init) == "none":
         raise InputError(
-            "--steps 0 asks for feed-forward mode (no optimisation), which needs a pretrained network; "
-            "none is available yet: use --steps 1 or more"
+            "--steps 0 runs the network feed-forward, which needs pretrained weights: use --init default "
+            "(or a checkpoint of flowmap train), or --steps 1 or more"
         )
 
 
@@ -164,7 +166,8 @@ def validate_run(source: Path | None, out: Path | None, config: RunConfig, overw
         InputError: the first check that fails, as one line.
     """
     check_focal(config.focal)
-    check_steps(config.optim.steps)
+    check_steps(config.optim.steps, config.init)
+    resolve_init(config.init, config.optim.depth, config.optim.weights)
     check_frame_config(config.frames)
     check_correspondence_config(config.correspondences)
     check_refine_config(config.refine)

@@ -79,6 +79,10 @@ class RefineConfig:
             fraction of the trajectory extent (plus median scene depth), when the
             adjustment started from the FlowMap cameras; more means "cameras jumping".
         max_focal_ratio: the adjusted focal must stay within [1/r, r] x FlowMap's.
+        max_focal_ratio_reinit: the same bound when the cameras were re-initialised from
+            the verified pairs (their geometry, not FlowMap's focal, then sets the start):
+            a feed-forward tum-office start (``--steps 0``, focal 35 % low) adjusted to
+            focal error 1.27 % and ATE 0.00096 but was rejected at 1.5.
         max_weak_fraction: more unconstrained frames than this fraction of N rejects
             the refinement.
         max_rotation_disagreement_deg: the adjusted cameras' relative rotations must agree
@@ -128,6 +132,7 @@ class RefineConfig:
     min_observations_per_frame: int = 20
     max_jump: float = 0.5
     max_focal_ratio: float = 1.5
+    max_focal_ratio_reinit: float = 2.0
     max_weak_fraction: float = 0.25
     max_rotation_disagreement_deg: float = 5.0
     depth_node_px: float | None = 16.0

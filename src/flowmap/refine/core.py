@@ -182,7 +182,8 @@ def refine(images, c2w, K, depth, config: RefineConfig = RefineConfig(), progres
         if s1["observations"] < 0.5 * s0["observations"] and not stats["reinit"]:
             reasons.append(f"inlier observations fell ({s0['observations']} -> {s1['observations']})")
         ratio = K_new[0, 0] / f_before if np.isfinite(K_new).all() else np.nan
-        if not 1.0 / config.max_focal_ratio <= ratio <= config.max_focal_ratio:
+        bound = config.max_focal_ratio_reinit if stats["reinit"] else config.max_focal_ratio
+        if not 1.0 / bound <= ratio <= bound:
             reasons.append(f"focal moved too far ({f_before:.1f} -> {K_new[0, 0]:.1f} px)")
         if len(weak) > config.max_weak_fraction * n:
             reasons.append(f"{len(weak)} of {n} frames left unconstrained")

@@ -155,5 +155,11 @@ def test_the_train_command_writes_a_checkpoint_and_refuses_bad_output_paths(vide
     for bad, words in ((tmp_path / "w.txt", "must be a .pt file"), (tmp_path, "must be a .pt file")):
         proc = cli(videos["a"], "--steps", "3", "-o", bad)
         assert proc.returncode == 2 and words in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-    proc = cli(tmp_path / "missing", "--steps", "3", "-o", out)
+    fresh = tmp_path / "fresh" / "w.pt"
+    proc = cli(tmp_path / "missing", "--steps", "3", "-o", fresh)
     assert proc.returncode == 2 and "training source" in proc.stderr and "does not exist" in proc.stderr, proc.stderr
+    assert not (tmp_path / "fresh" / "w.pt.cache").exists()  # a bad source leaves no cache behind
+    proc = cli(videos["a"], "--val", videos["a"], "--steps", "3", "-o", fresh)
+    assert proc.returncode == 2 and "both a training and a validation source" in proc.stderr, proc.stderr
+    proc = cli(videos["a"], videos["a"], "--steps", "3", "-o", fresh)
+    assert proc.returncode == 2 and "given twice" in proc.stderr, proc.stderr

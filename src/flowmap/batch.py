@@ -28,13 +28,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from flowmap.errors import FlowmapError, InputError
+from flowmap.frames import source_names
 from flowmap.io import atomic_write
 from flowmap.pipeline import RunConfig
 
 __all__ = ["BatchConfig", "BatchSource", "read_sources", "run_batch", "format_batch_table"]
-
-GENERIC_FOLDER_NAMES = ("images", "frames", "rgb", "color", "imgs", "input")
-"""Frame folders named like this take their sequence's name (the parent folder's)."""
 
 INSTALL_HINT = "flowmap batch needs Ray: pip install -e '.[batch]' (or pip install 'ray>=2.9')"
 
@@ -103,40 +101,6 @@ def _gt_beside(path: Path) -> Path | None:
     return None
 
 
-def _components(path: Path) -> list[str]:
-    """Name candidates from the most specific up: the file stem or folder name, then the
-    parents; a generic frame-folder name (``images``...) goes last."""
-    parts = [path.stem if path.is_file() else path.name] + [p.name for p in path.parents if p.name]
-    if parts[0].lower() in GENERIC_FOLDER_NAMES and len(parts) > 1:
-        parts = parts[1:] + parts[:1]
-    return parts
-
-
-def _safe(name: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name) or "source"
-
-
-def _unique_names(paths: list[Path]) -> list[str]:
-    """Short unique folder names: the most specific component, with parent components
-    prepended (``a-x``, ``b-x``) while names collide; ``fox/images`` -> ``fox``."""
-    comps = [_components(p) for p in paths]
-    depth = [1] * len(paths)
-    while True:
-        names = [_safe("-".join(reversed(c[:d]))) for c, d in zip(comps, depth)]
-        dup = [k for k, n in enumerate(names) if names.count(n) > 1]
-        grow = [k for k in dup if depth[k] < len(comps[k])]
-        if not grow:
-            break
-        for k in grow:
-            depth[k] += 1
-    seen: dict[str, int] = {}
-    for k, n in enumerate(names):  # still equal (same components): number them
-        if names.count(n) > 1:
-            seen[n] = seen.get(n, 0) + 1
-            names[k] = f"{n}-{seen[n]}"
-    return names
-
-
 def read_sources(items: list[Path]) -> list[BatchSource]:
     """The batch's sources from the command line.
 
@@ -174,7 +138,7 @@ def read_sources(items: list[Path]) -> list[BatchSource]:
         if src in seen:
             raise InputError(f"source listed twice: {src}")
         seen.add(src)
-    names = _unique_names([src for src, _ in entries])
+    names = source_names([src for src, _ in entries])
     return [BatchSource(src, name, gt if gt is not None else _gt_beside(src)) for (src, gt), name in zip(entries, names)]
 
 

@@ -238,17 +238,15 @@ def train(
 ):
     """Train the depth network and weight MLP across videos (FlowCam); use it with run --init CKPT."""
     with _guard(debug):
-        from flowmap.errors import InputError
         from flowmap.pipeline import cpu_threads
         from flowmap.train import TrainConfig, train as train_across
-        from flowmap.validate import resolve_device
+        from flowmap.validate import check_threads, resolve_device
 
         cfg = TrainConfig(steps=steps, lr=lr, seed=seed)
         cfg.frames.max_frames = max_frames
         cfg.frames.stride = stride
         cfg.frames.pixel_budget = pixel_budget
-        if threads is not None and threads < 1:
-            raise InputError(f"--threads must be at least 1, got {threads}")
+        check_threads(threads)
         _interrupt_on_sigterm()
         with cpu_threads(threads):
             result = train_across(

@@ -51,6 +51,45 @@ class FrameConfig:
     multiple: int = 16
 
 
+GENERIC_FOLDER_NAMES = ("images", "frames", "rgb", "color", "imgs", "input")
+"""Frame folders named like this take their sequence's name (the parent folder's)."""
+
+
+def _components(path: Path) -> list[str]:
+    """Name candidates from the most specific up: the file stem or folder name, then the
+    parents; a generic frame-folder name (``images``...) goes last."""
+    parts = [path.stem if path.is_file() else path.name] + [p.name for p in path.parents if p.name]
+    if parts[0].lower() in GENERIC_FOLDER_NAMES and len(parts) > 1:
+        parts = parts[1:] + parts[:1]
+    return parts
+
+
+def _safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name) or "source"
+
+
+def source_names(paths: list[Path]) -> list[str]:
+    """Short unique names of sources (videos, frame folders), for output folders and
+    model cards: the most specific component, with parent components prepended
+    (``a-x``, ``b-x``) while names collide; ``fox/images`` -> ``fox``."""
+    comps = [_components(p) for p in paths]
+    depth = [1] * len(paths)
+    while True:
+        names = [_safe("-".join(reversed(c[:d]))) for c, d in zip(comps, depth)]
+        dup = [k for k, n in enumerate(names) if names.count(n) > 1]
+        grow = [k for k in dup if depth[k] < len(comps[k])]
+        if not grow:
+            break
+        for k in grow:
+            depth[k] += 1
+    seen: dict[str, int] = {}
+    for k, n in enumerate(names):  # still equal (same components): number them
+        if names.count(n) > 1:
+            seen[n] = seen.get(n, 0) + 1
+            names[k] = f"{n}-{seen[n]}"
+    return names
+
+
 def natural_key(name: str) -> list:
     """Sort key that orders digit runs by value: ``img2`` < ``img10``, case-insensitive."""
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]

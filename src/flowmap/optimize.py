@@ -38,7 +38,7 @@ from flowmap.pretrained import Pretrained
 
 __all__ = [
     "CHECKPOINT_NAME", "Fit", "OptimConfig", "descend", "feedforward_focal", "fit", "lr_factor", "sample_window",
-    "switch_focal", "window_step",
+    "switch_focal", "window_size", "window_step",
 ]
 
 
@@ -92,10 +92,15 @@ def lr_factor(step: int, cfg: OptimConfig) -> float:
     return cfg.final_lr_fraction + (1 - cfg.final_lr_fraction) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def window_size(n_frames: int, window: int) -> int:
+    """Frames per step: ``window``, or the whole video when ``window`` <= 0 or >= N."""
+    return n_frames if window <= 0 else min(window, n_frames)
+
+
 def sample_window(n_frames: int, window: int, generator: torch.Generator) -> int:
     """First frame of a random window of ``window`` consecutive frames (uniform over the
     ``n_frames - window + 1`` possible starts; ``window`` <= 0 or >= N: the whole video)."""
-    window = n_frames if window <= 0 else min(window, n_frames)
+    window = window_size(n_frames, window)
     return int(torch.randint(0, n_frames - window + 1, (1,), generator=generator))
 
 
@@ -145,9 +150,9 @@ def _grads_finite(model: torch.nn.Module) -> bool:
 def window_step(
     model: FlowMapModel, data: VideoTensors, window: int, cfg: OptimConfig, generator: torch.Generator, use_tracks: bool
 ) -> tuple[WindowOutput, dict[str, torch.Tensor]]:
-    """One step's forward pass: a random window of ``window`` frames, random pixels for
-    the pose/focal solves (``cfg.procrustes_points``) and for the flow loss
-    (``cfg.loss_points``), the model and the FlowMap objective (METHOD.md 3-4).
+    """One step's forward pass: a random window of ``window`` frames (:func:`window_size`),
+    random pixels for the pose/focal solves (``cfg.procrustes_points``) and for the flow
+    loss (``cfg.loss_points``), the model and the FlowMap objective (METHOD.md 3-4).
 
     Draws from ``generator`` in a fixed order (window, solve pixels, loss pixels), so a
     resumed run repeats an uninterrupted one.
@@ -157,6 +162,7 @@ def window_step(
     """
     h, w = data.shape
     device = data.images.device
+    window = window_size(data.n, window)
     start = sample_window(data.n, window, generator)
     pixels = torch.randperm(h * w, generator=generator, device="cpu")[: cfg.procrustes_points].to(device)
     out = model(data, start, start + window, pixels)
@@ -228,7 +234,7 @@ def fit(
     device = data.images.device
     h, w = data.shape
     N = data.n
-    window = N if cfg.window <= 0 else min(cfg.window, N)
+    window = window_size(N, cfg.window)
 
     model = FlowMapModel(cfg.depth, cfg.weights, cfg.focal, image_size, focal_px)
     if init is not None:

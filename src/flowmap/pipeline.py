@@ -42,13 +42,13 @@ from flowmap.correspondences import CorrespondenceConfig
 from flowmap.correspondences.cache import load_or_compute
 from flowmap.errors import FlowmapError, InputError
 from flowmap.finetune import FinetuneConfig, FinetuneResult, finetune_depth
-from flowmap.io import lock_out
 from flowmap.frames import FrameConfig, load_frames, resize_images, working_shape
+from flowmap.io import lock_out
 from flowmap.memory import MemoryConfig, check_run_memory
 from flowmap.model.flowmap import VideoTensors
 from flowmap.optimize import OptimConfig, fit
-from flowmap.pretrained import resolve_init
 from flowmap.outputs import OutputConfig, write_outputs
+from flowmap.pretrained import Pretrained
 from flowmap.refine import RefineConfig, Refinement, refine
 from flowmap.refine.depth import fit_scales
 from flowmap.solve import solve
@@ -161,11 +161,11 @@ def run(source: str | Path | Frames, out: Path | None = None, config: RunConfig 
     config = config or RunConfig()
     out = None if out is None else Path(out)
     path = None if isinstance(source, Frames) else Path(source)
-    device = validate_run(path, out, config, overwrite=config.overwrite)
+    device, init = validate_run(path, out, config, overwrite=config.overwrite)
     if config.threads is not None and config.refine is not None:
         config = replace(config, refine=replace(config.refine, num_threads=config.threads))
     with contextlib.nullcontext() if out is None else lock_out(out), cpu_threads(config.threads):
-        return _run_locked(source, out, config, device, summary)
+        return _run_locked(source, out, config, device, init, summary)
 
 
 @contextlib.contextmanager
@@ -188,14 +188,16 @@ def cpu_threads(threads: int | None):
         cv2.setNumThreads(before[1])
 
 
-def _run_locked(source, out: Path | None, config: RunConfig, device: str, summary: dict | None) -> RunResult:
+def _run_locked(
+    source, out: Path | None, config: RunConfig, device: str, init: Pretrained | None, summary: dict | None
+) -> RunResult:
     """:func:`run` once its options are valid and OUT (if any) is locked."""
     cache = None if out is None else cache_dir_for(out)
     if cache is not None and cache.exists() and not config.resume:
         shutil.rmtree(cache)
     t_start = time.perf_counter()
     try:
-        frames, rec = _reconstruct(source, config, device, cache)
+        frames, rec = _reconstruct(source, config, device, init, cache)
     except FlowmapError:
         if cache is not None and not config.resume:  # a user error leaves nothing behind; an interrupted run keeps its cache
             shutil.rmtree(cache, ignore_errors=True)
@@ -212,9 +214,10 @@ def _run_locked(source, out: Path | None, config: RunConfig, device: str, summar
 
 
 def _reconstruct(
-    source: str | Path | Frames, config: RunConfig, device: str, cache: Path | None
+    source: str | Path | Frames, config: RunConfig, device: str, init: Pretrained | None, cache: Path | None
 ) -> tuple[Frames, Reconstruction]:
-    """The stages from the frames to the Reconstruction (timings measured per stage)."""
+    """The stages from the frames to the Reconstruction (timings measured per stage);
+    ``init``: the networks' starting weights, resolved by :func:`validate_run`."""
     timings: dict[str, float] = {}
     warnings: list[str] = []
 
@@ -238,7 +241,6 @@ def _reconstruct(
     t0 = time.perf_counter()
     image_size = (frames.height, frames.width)
     data = VideoTensors.from_numpy(working, corr, device)
-    init = resolve_init(config.init, config.optim.depth, config.optim.weights)
     fitted = fit(
         data,
         config.optim,

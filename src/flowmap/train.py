@@ -36,11 +36,17 @@ from flowmap.checkpoint import fingerprint, load_checkpoint, save_checkpoint
 from flowmap.correspondences import CorrespondenceConfig
 from flowmap.correspondences.cache import load_or_compute
 from flowmap.errors import InputError, NumericalError
-from flowmap.frames import FrameConfig, load_frames, resize_images, working_shape
+from flowmap.frames import (
+    FrameConfig,
+    load_frames,
+    resize_images,
+    source_names,
+    working_shape,
+)
 from flowmap.io import atomic_write
 from flowmap.model.flowmap import FlowMapModel, VideoTensors
 from flowmap.objective import window_losses
-from flowmap.optimize import OptimConfig, descend, lr_factor, window_step
+from flowmap.optimize import OptimConfig, descend, lr_factor, window_size, window_step
 from flowmap.pretrained import architecture, save_weights
 
 __all__ = ["TrainConfig", "TrainResult", "TrainSource", "prepare_sources", "train"]
@@ -125,26 +131,18 @@ class TrainResult:
     warnings: list[str]
 
 
-def _name(path: Path) -> str:
-    path = Path(path)
-    return path.parent.name if path.name == "images" and path.parent.name else path.stem if path.is_file() else path.name
-
-
 def prepare_sources(
-    paths: list[Path], cfg: TrainConfig, cache: Path | None, device: str, progress: bool = True
+    paths: list[Path], names: list[str], cfg: TrainConfig, cache: Path | None, device: str, progress: bool = True
 ) -> list[TrainSource]:
     """Decode every source and compute (or load from ``cache``) its correspondences.
 
     Raises:
-        InputError: a source cannot be read (the message names it), or two sources have
-            the same name.
+        InputError: a source cannot be read (the message names it).
     """
-    sources, names = [], set()
-    for path in tqdm(paths, desc="correspondences", disable=not progress or len(paths) < 2, dynamic_ncols=True):
-        name = _name(path)
-        if name in names:
-            raise InputError(f"two training sources are named {name!r}; rename one of them")
-        names.add(name)
+    sources = []
+    for path, name in tqdm(
+        list(zip(paths, names)), desc="correspondences", disable=not progress or len(paths) < 2, dynamic_ncols=True
+    ):
         try:
             frames = load_frames(Path(path), cfg.frames)
         except InputError as exc:
@@ -156,13 +154,25 @@ def prepare_sources(
     return sources
 
 
+def _check_distinct(train_paths: list[Path], val_paths: list[Path]) -> None:
+    """Refuse a source given twice, or both to train on and to validate on (before any decoding)."""
+    seen: dict[Path, str] = {}
+    for path, role in [(p, "training") for p in train_paths] + [(p, "validation") for p in val_paths]:
+        key = Path(path).resolve()
+        if key in seen:
+            if seen[key] != role:
+                raise InputError(f"{path} is both a training and a validation source; hold it out of one")
+            raise InputError(f"{path} is given twice as a {role} source; give each source once")
+        seen[key] = role
+
+
 def _val_batches(sources: list[TrainSource], cfg: TrainConfig) -> list[tuple[int, int, int, torch.Tensor, torch.Tensor]]:
     """Fixed (source, start, window, solve pixels, loss pixels) of the validation loss."""
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     batches = []
     for i, src in enumerate(sources):
         n = src.data.n
-        window = n if cfg.optim.window <= 0 else min(cfg.optim.window, n)
+        window = window_size(n, cfg.optim.window)
         h, w = src.data.shape
         for start in np.linspace(0, n - window, cfg.val_windows).round().astype(int):
             pixels = torch.randperm(h * w, generator=gen)[: cfg.optim.procrustes_points]
@@ -229,17 +239,21 @@ def train(
         raise InputError(f"--steps must be at least 1, got {cfg.steps}")
     if out.is_dir():
         raise InputError(f"-o {out} is a folder; give the path of a .pt file")
+    _check_distinct(list(train_paths), val_paths)
+    names = source_names([*train_paths, *val_paths])
     out.parent.mkdir(parents=True, exist_ok=True)
     cache = out.parent / f"{out.name}.cache"
     cache.mkdir(exist_ok=True)
 
     t_prep = time.perf_counter()
-    sources = prepare_sources([*train_paths], cfg, cache, device, progress)
-    val_sources = prepare_sources(val_paths, cfg, cache, device, progress) if val_paths else []
+    try:
+        sources = prepare_sources(list(train_paths), names[: len(train_paths)], cfg, cache, device, progress)
+        val_sources = prepare_sources(val_paths, names[len(train_paths) :], cfg, cache, device, progress)
+    except InputError:
+        if not any(cache.iterdir()):  # a bad source leaves nothing behind
+            cache.rmdir()
+        raise
     prep_s = time.perf_counter() - t_prep
-    clash = {s.name for s in sources} & {s.name for s in val_sources}
-    if clash:
-        raise InputError(f"{min(clash)!r} is both a training and a validation source; hold it out of one")
 
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -278,7 +292,7 @@ def train(
             "torch": str(torch.__version__),
             "python": platform.python_version(),
             "command": command,
-            "settings": json_safe(asdict(cfg)),
+            "settings": asdict(cfg),
             "history": history,
         }
 
@@ -300,7 +314,6 @@ def train(
         )
         save_weights(out, model.depth_net, model.weight_net, arch, meta(step))
 
-    window_sizes = [s.data.n if cfg.optim.window <= 0 else min(cfg.optim.window, s.data.n) for s in sources]
     bar = tqdm(range(first_step, cfg.steps), initial=first_step, total=cfg.steps, desc="training",
                disable=not progress, dynamic_ncols=True)
     smooth = None
@@ -312,7 +325,7 @@ def train(
         factor = lr_factor(step, schedule) * lr_scale
         for group in opt.param_groups:
             group["lr"] = cfg.lr * factor
-        _, losses = window_step(model, src.data, window_sizes[i], cfg.optim, generator, True)
+        _, losses = window_step(model, src.data, cfg.optim.window, cfg.optim, generator, True)
         if not descend(opt, model, losses["loss"]):
             bad_steps += 1
             lr_scale *= 0.5
@@ -340,11 +353,6 @@ def train(
     write_model_card(out, meta(cfg.steps))
     state_path.unlink(missing_ok=True)
     return TrainResult(out, history, train_s, warnings)
-
-
-def json_safe(obj):
-    """Plain JSON data of nested dataclass dicts (tuples as lists, paths as text)."""
-    return json.loads(json.dumps(obj, default=str))
 
 
 def card_paths(weights: Path) -> tuple[Path, Path]:
@@ -434,7 +442,7 @@ def write_model_card(weights: Path, meta: dict) -> None:
             "## Settings",
             "",
             "```json",
-            json.dumps(meta["settings"], indent=1),
+            json.dumps(meta["settings"], indent=1, default=str),
             "```",
             "",
         ]

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from flowmap.errors import InputError
-from flowmap.pretrained import resolve_init
+from flowmap.pretrained import Pretrained, resolve_init
 from flowmap.refine.config import RefineConfig
 
 if TYPE_CHECKING:
@@ -57,6 +57,12 @@ def check_steps(steps: int, init: str = "none") -> None:
             "--steps 0 runs the network feed-forward, which needs pretrained weights: use --init default "
             "(or a checkpoint of flowmap train), or --steps 1 or more"
         )
+
+
+def check_threads(threads: int | None) -> None:
+    """Raise :class:`InputError` for a thread count below 1 (None: the libraries' defaults)."""
+    if threads is not None and threads < 1:
+        raise InputError(f"--threads must be at least 1, got {threads}")
 
 
 def check_frame_config(cfg: FrameConfig) -> None:
@@ -150,7 +156,9 @@ def check_out_apart(source: Path, out: Path) -> None:
         raise InputError(f"output folder {out} holds the input {source}; choose an output folder elsewhere")
 
 
-def validate_run(source: Path | None, out: Path | None, config: RunConfig, overwrite: bool = False) -> str:
+def validate_run(
+    source: Path | None, out: Path | None, config: RunConfig, overwrite: bool = False
+) -> tuple[str, Pretrained | None]:
     """Check every option of ``config`` and the output path; nothing is decoded or written.
 
     Args:
@@ -160,22 +168,22 @@ def validate_run(source: Path | None, out: Path | None, config: RunConfig, overw
         overwrite: a non-empty ``out`` may be replaced.
 
     Returns:
-        The resolved torch device ("cpu" or "cuda").
+        The resolved torch device ("cpu" or "cuda") and the weights ``--init`` names
+        (:func:`flowmap.pretrained.resolve_init`; None for "none"), read once here.
 
     Raises:
         InputError: the first check that fails, as one line.
     """
     check_focal(config.focal)
     check_steps(config.optim.steps, config.init)
-    resolve_init(config.init, config.optim.depth, config.optim.weights)
+    init = resolve_init(config.init, config.optim.depth, config.optim.weights)
     check_frame_config(config.frames)
     check_correspondence_config(config.correspondences)
     check_refine_config(config.refine)
-    if config.threads is not None and config.threads < 1:
-        raise InputError(f"--threads must be at least 1, got {config.threads}")
+    check_threads(config.threads)
     device = resolve_device(config.device)
     if out is not None:
         check_out_dir(out, overwrite)
         if source is not None:
             check_out_apart(source, out)
-    return device
+    return device, init

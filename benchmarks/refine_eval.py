@@ -86,6 +86,7 @@ def main(argv=None) -> int:
             "before": before,
             "after": after,
             "wall_s": wall,
+            "K_after": res.K,
             "stats": res.stats,
             "warnings": res.warnings,
         }

@@ -178,3 +178,29 @@ def test_a_far_off_focal_is_not_mistaken_for_a_bad_adjustment(scene):
     after = evaluate(res.c2w, gt, res.K[0, 0], scene.K[0, 0])
     assert after["focal_rel_error"] < 0.015 and after["ate_paper"] < 1e-3
     assert res.stats["rotation_disagreement_after_deg"] < 1.0
+
+
+def test_frame_disagreement_names_the_few_wrong_frames(scene):
+    """The median over all pairs hides three wrong frames; the per-frame median names them."""
+    from flowmap.refine.reinit import frame_disagreement, rotation_disagreement
+
+    gt = _anchor(scene.c2w)
+    n = len(gt)
+    pairs = []
+    for i in range(n):
+        for j in range(i + 1, min(n, i + 4)):
+            R = gt[j, :3, :3].T @ gt[i, :3, :3]  # cam_j_from_cam_i, as read_verified stores it
+            pairs.append({"i": i, "j": j, "inliers": 100, "R": R})
+    wrong = gt.copy()
+    for k, axis in zip((13, 14, 15), np.eye(3)):  # 12 degrees about x, y, z: they disagree among themselves too
+        wrong[k, :3, :3] = Rotation.from_rotvec(np.radians(12.0) * axis).as_matrix() @ wrong[k, :3, :3]
+    median, used = rotation_disagreement(wrong, pairs)
+    per_frame = frame_disagreement(wrong, pairs)
+    assert used == len(pairs) and median < 1e-4  # most pairs agree (arccos precision)
+    assert per_frame.shape == (n,)
+    assert np.all(per_frame[13:] > 5.0) and np.all(per_frame[:11] < 1e-4)
+    assert np.allclose(frame_disagreement(gt, pairs), 0.0, atol=1e-4)
+    pairs[0]["R"] = None
+    pairs[1]["R"] = None
+    pairs[2]["R"] = None  # frame 0 is in no pair with a rotation
+    assert np.isnan(frame_disagreement(gt, pairs)[0])

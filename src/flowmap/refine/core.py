@@ -34,6 +34,11 @@ def _check_inputs(images, c2w, K, depth) -> tuple[np.ndarray, np.ndarray, np.nda
     return images, c2w, K, depth
 
 
+def _degrees(values: np.ndarray) -> list[float | None]:
+    """Per-frame angles for summary.json: rounded, None for a frame without pairs."""
+    return [round(float(v), 3) if np.isfinite(v) else None for v in values]
+
+
 def _fallback(c2w, K, n, stats, warnings, message) -> Refinement:
     warnings.append(message)
     stats["termination"] = "fallback"
@@ -48,7 +53,9 @@ def refine(images, c2w, K, depth, config: RefineConfig = RefineConfig(), progres
     [re-initialisation by COLMAP's global mapper (GLOMAP, Pan et al. ECCV 2024) when
     FlowMap's relative rotations disagree with the verified geometry] -> triangulation
     with the cameras fixed -> rounds of Ceres bundle adjustment (all poses, shared
-    focal, robust loss), outlier filtering and re-triangulation -> one similarity back
+    focal, robust loss), outlier filtering and re-triangulation [-> the same from the
+    global mapper's cameras when a frame still disagrees with its verified pairs by more
+    than ``reinit_frame_deg``; the better agreement is kept] -> one similarity back
     to FlowMap's frame -> per-frame depth scales.
 
     Args:
@@ -63,7 +70,9 @@ def refine(images, c2w, K, depth, config: RefineConfig = RefineConfig(), progres
         :class:`Refinement` in FlowMap's frame: c2w[0] = I and the trajectory's scale
         matched to FlowMap's by a similarity on the camera centres, so depth *
         depth_scale is in the units of c2w. ``stats`` holds: pairs (chosen, by reason,
-        verified), rotation_disagreement_deg, reinit, reinit_light, tracks, observations,
+        verified), rotation_disagreement_deg, rotation_disagreement_frames_deg and
+        rotation_disagreement_frames_after_deg (per frame, None without a pair),
+        rotation_disagreement_after_deg, reinit, reinit_reason, reinit_light, tracks, observations,
         reproj_px_before / after, focal_before / after, rounds (list of per-round
         records), termination, seconds (per sub-step), depth_agreement_before / after
         (median |d - z| / z over the observations of the adjusted points, before: the
@@ -131,28 +140,55 @@ def refine(images, c2w, K, depth, config: RefineConfig = RefineConfig(), progres
         disagreement, n_used = reinit_mod.rotation_disagreement(c2w, verified)
         stats["rotation_pairs"] = n_used
         stats["rotation_disagreement_deg"] = disagreement
+        per_frame0 = reinit_mod.frame_disagreement(c2w, verified)
+        stats["rotation_disagreement_frames_deg"] = _degrees(per_frame0)
         do_reinit = config.reinit == "always" or (
             config.reinit == "auto" and (not np.isfinite(disagreement) or disagreement > config.reinit_rotation_deg)
         )
         stats["reinit"] = False
-        start_c2w = c2w
-        rec = rec0
-        if do_reinit:
+
+        def adjusted(rec_start, reinit: bool) -> dict:
+            """Rounds of adjustment from ``rec_start``; the result checked against the pairs."""
+            rec_a, rounds_a = adjust.adjust_rounds(rec_start, db, image_dir, work, names, config, sec)
+            c2w_a = adjust.poses(rec_a, names)
+            K_a = camera_K(rec_a.cameras[next(iter(rec_a.cameras))])
+            # The pairs' rotations again, with the adjusted focal (they were estimated with FlowMap's).
+            pairs_a = [dict(p) for p in verified]
+            reinit_mod.relative_rotations(db, pairs_a, K_a, config, all_pairs=True)
+            median, _ = reinit_mod.rotation_disagreement(c2w_a, pairs_a)
+            frames = reinit_mod.frame_disagreement(c2w_a, pairs_a)
+            worst = float(np.nanmax(frames)) if np.isfinite(frames).any() else float("nan")
+            return {"rec": rec_a, "rounds": rounds_a, "c2w": c2w_a, "K": K_a, "median": median, "frames": frames, "worst": worst, "reinit": reinit}
+
+        def reinitialised(why: str):
+            """Adjusted result from COLMAP's global mapper's cameras, or None when it fails."""
             t0 = time.perf_counter()
             g = reinit_mod.global_reinit(db, image_dir, work, names, c2w, config)
-            sec["reinit_s"] = time.perf_counter() - t0
+            sec["reinit_s"] = sec.get("reinit_s", 0.0) + time.perf_counter() - t0
             if g is None:
                 warnings.append("re-initialisation by the global mapper failed; adjusting from the FlowMap cameras")
-            else:
-                stats["reinit"] = True
-                stats["reinit_light"] = n >= config.reinit_light_from_frames
-                stats["reinit_registered"] = int(g["registered"].sum())
-                start_c2w = g["c2w"]
-                rec = adjust.build_reconstruction(db, names, start_c2w, g["params"])
-                rec = adjust.triangulate(rec, db, image_dir, work, config)
-                say(f"re-initialised ({disagreement:.1f} deg disagreement): {g['registered'].sum()}/{n} registered, {sec['reinit_s']:.1f} s")
+                return None
+            stats["reinit_light"] = n >= config.reinit_light_from_frames
+            stats["reinit_registered"] = int(g["registered"].sum())
+            stats["reinit_reason"] = why
+            say(f"re-initialised ({why}): {g['registered'].sum()}/{n} registered, {sec['reinit_s']:.1f} s")
+            rec_g = adjust.build_reconstruction(db, names, g["c2w"], g["params"])
+            return adjusted(adjust.triangulate(rec_g, db, image_dir, work, config), reinit=True)
 
-        rec, rounds = adjust.adjust_rounds(rec, db, image_dir, work, names, config, sec)
+        result = reinitialised(f"{disagreement:.1f} deg median disagreement") if do_reinit else None
+        if result is None:
+            result = adjusted(rec0, reinit=False)
+            if config.reinit == "auto" and result["worst"] > config.reinit_frame_deg:
+                # A few frames adjusted into a wrong minimum (the median over pairs hides
+                # them): try the global mapper's cameras and keep the better agreement.
+                worst = int(np.nanargmax(result["frames"]))
+                second = reinitialised(f"frame {worst} disagrees by {result['worst']:.1f} deg after the adjustment")
+                if second is not None and not second["worst"] >= result["worst"]:
+                    result = second
+                elif second is not None:
+                    stats["reinit_reason"] += "; not kept (no better agreement)"
+        stats["reinit"] = result["reinit"]
+        rec, rounds, refined, K_new = result["rec"], result["rounds"], result["c2w"], result["K"]
         stats["rounds"] = rounds
         last = rounds[-1]
         n_rounds = sum(1 for r in rounds if r["round"] != "final")
@@ -163,9 +199,6 @@ def refine(images, c2w, K, depth, config: RefineConfig = RefineConfig(), progres
         stats.update(tracks=s1["points"], observations=s1["observations"], reproj_px_after=s1["reproj_px"])
         say(f"{n_rounds} rounds: reproj {s0['reproj_px']:.3f} -> {s1['reproj_px']:.3f} px, {s1['points']} tracks, {s1['observations']} obs")
 
-        refined = adjust.poses(rec, names)
-        camera = rec.cameras[next(iter(rec.cameras))]
-        K_new = camera_K(camera)
         per_image = s1["per_image"]
         weak = [k for k in range(n) if per_image.get(ids[k], 0) < config.min_observations_per_frame]
         good = np.array([k not in weak for k in range(n)])
@@ -187,11 +220,9 @@ def refine(images, c2w, K, depth, config: RefineConfig = RefineConfig(), progres
             reasons.append(f"focal moved too far ({f_before:.1f} -> {K_new[0, 0]:.1f} px)")
         if len(weak) > config.max_weak_fraction * n:
             reasons.append(f"{len(weak)} of {n} frames left unconstrained")
-        # The pairs' rotations again, with the adjusted focal (they were estimated with FlowMap's).
-        verified_after = [dict(p) for p in verified]
-        reinit_mod.relative_rotations(db, verified_after, K_new, config, all_pairs=True)
-        after, _ = reinit_mod.rotation_disagreement(refined, verified_after)
+        after = result["median"]
         stats["rotation_disagreement_after_deg"] = after
+        stats["rotation_disagreement_frames_after_deg"] = _degrees(result["frames"])
         if not after <= config.max_rotation_disagreement_deg:
             reasons.append(
                 f"the adjusted cameras disagree with the verified pair geometry ({after:.1f} deg median relative rotation)"

@@ -178,9 +178,10 @@ def refine(images, c2w, K, depth, config: RefineConfig = RefineConfig(), progres
         result = reinitialised(f"{disagreement:.1f} deg median disagreement") if do_reinit else None
         if result is None:
             result = adjusted(rec0, reinit=False)
-            if config.reinit == "auto" and result["worst"] > config.reinit_frame_deg:
+            if config.reinit == "auto" and not do_reinit and result["worst"] > config.reinit_frame_deg:
                 # A few frames adjusted into a wrong minimum (the median over pairs hides
                 # them): try the global mapper's cameras and keep the better agreement.
+                # Not retried when the global mapper already failed above.
                 worst = int(np.nanargmax(result["frames"]))
                 second = reinitialised(f"frame {worst} disagrees by {result['worst']:.1f} deg after the adjustment")
                 if second is not None and not second["worst"] >= result["worst"]:

@@ -145,7 +145,6 @@ def refine(images, c2w, K, depth, config: RefineConfig = RefineConfig(), progres
         do_reinit = config.reinit == "always" or (
             config.reinit == "auto" and (not np.isfinite(disagreement) or disagreement > config.reinit_rotation_deg)
         )
-        stats["reinit"] = False
 
         def adjusted(rec_start, reinit: bool) -> dict:
             """Rounds of adjustment from ``rec_start``; the result checked against the pairs."""
@@ -182,8 +181,8 @@ def refine(images, c2w, K, depth, config: RefineConfig = RefineConfig(), progres
                 # A few frames adjusted into a wrong minimum (the median over pairs hides
                 # them): try the global mapper's cameras and keep the better agreement.
                 # Not retried when the global mapper already failed above.
-                worst = int(np.nanargmax(result["frames"]))
-                second = reinitialised(f"frame {worst} disagrees by {result['worst']:.1f} deg after the adjustment")
+                frame = int(np.nanargmax(result["frames"]))
+                second = reinitialised(f"frame {frame} disagrees by {result['worst']:.1f} deg after the adjustment")
                 if second is not None and not second["worst"] >= result["worst"]:
                     result = second
                 elif second is not None:

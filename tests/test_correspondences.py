@@ -1,9 +1,10 @@
-"""The correspondence cache: a hit reuses, a changed frame or setting misses, a bad file is recomputed."""
+"""The correspondence cache (a hit reuses, a changed frame or setting misses, a bad file is recomputed) and LK tracks."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 
+import cv2
 import numpy as np
 import pytest
 
@@ -82,3 +83,29 @@ def test_unreadable_cache_file_is_a_miss_with_a_warning(images, tmp_path, damage
     assert np.array_equal(first.flow_fwd, again.flow_fwd)
     assert load_or_compute(tmp_path, images, SHAPE, _cfg(), progress=False, timings=timings) is not None
     assert timings.get("cache_hit") == 1.0  # the recomputed file is good again
+
+
+def test_tracks_follow_a_known_shift_and_die_at_the_border():
+    """LK tracks on a texture moving 3 px right per frame: every visible point sits at
+    its query position + 3 px x (frame offset), and a point is invisible from the frame
+    where it would have left the image on."""
+    from flowmap.correspondences.tracks import TrackConfig, compute_tracks
+
+    rng = np.random.default_rng(0)
+    h, w, n, shift = 64, 96, 8, 3
+    texture = (rng.random((h // 4, (w + n * shift) // 4, 3)) * 255).astype(np.uint8)
+    texture = cv2.resize(texture, (w + n * shift, h), interpolation=cv2.INTER_LINEAR)
+    frames = np.stack([texture[:, n * shift - t * shift : n * shift - t * shift + w] for t in range(n)])
+    xy, vis, query = compute_tracks(frames, TrackConfig(grid=8, query_every=4, radius=n), progress=False)
+    assert len(xy) > 0
+    u = xy[..., 0] * w - 0.5
+    m, t = np.nonzero(vis)
+    expected = u[np.arange(len(xy)), query][m] + shift * (t - query[m])
+    inside = (expected > 12) & (expected < w - 12)  # away from the LK window's border effects
+    assert inside.sum() > 50
+    assert np.abs(u[m, t][inside] - expected[inside]).max() < 0.2
+    assert not ((u[m, t] + 0.5) > w).any(), "a point outside the image is marked visible"
+    # forward tracks reach the right border and die there: no point is visible beyond it
+    first = frames.shape[0] - 1
+    leaving = (u[:, 0] + shift * first > w + 1) & vis[:, 0]
+    assert not (vis[leaving, first]).any()

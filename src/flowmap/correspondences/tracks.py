@@ -71,6 +71,10 @@ def _track_direction(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Chain LK from frame ``start`` towards ``stop`` (exclusive) in direction ``step``.
 
+    Only the points still alive are tracked at each link (LK treats points
+    independently, so the result is the same as tracking all of them; most tracks die
+    within a few frames).
+
     Returns positions (F, P, 2) pixels and alive (F, P) bool for frames
     start+step, start+2*step, ... (F = number of frames visited).
     """
@@ -80,20 +84,22 @@ def _track_direction(
         criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 0.01),
     )
     h, w = gray[0].shape
-    pts = pts0.astype(np.float32).reshape(-1, 1, 2)
+    pts = pts0.astype(np.float32).reshape(-1, 2).copy()
     alive = np.ones(len(pts0), bool)
     positions, alives = [], []
     for t in range(start, stop, step):
-        nxt, st, _ = cv2.calcOpticalFlowPyrLK(gray[t], gray[t + step], pts, None, **params)
+        idx = np.flatnonzero(alive)
+        cur = pts[idx].reshape(-1, 1, 2)
+        nxt, st, _ = cv2.calcOpticalFlowPyrLK(gray[t], gray[t + step], cur, None, **params)
         back, st_b, _ = cv2.calcOpticalFlowPyrLK(gray[t + step], gray[t], nxt, None, **params)
-        fb = np.linalg.norm((back - pts).reshape(-1, 2), axis=1)
+        fb = np.linalg.norm((back - cur).reshape(-1, 2), axis=1)
         p = nxt.reshape(-1, 2)
         inside = (p[:, 0] >= -0.5) & (p[:, 0] <= w - 0.5) & (p[:, 1] >= -0.5) & (p[:, 1] <= h - 0.5)
-        alive &= (st.ravel() == 1) & (st_b.ravel() == 1) & (fb <= cfg.fb_threshold_px) & inside
-        alive &= np.isfinite(p).all(axis=1)
-        positions.append(np.where(alive[:, None], p, 0.0))
+        ok = (st.ravel() == 1) & (st_b.ravel() == 1) & (fb <= cfg.fb_threshold_px) & inside & np.isfinite(p).all(axis=1)
+        alive[idx[~ok]] = False
+        pts[idx[ok]] = p[ok]
+        positions.append(np.where(alive[:, None], pts, 0.0))
         alives.append(alive.copy())
-        pts = np.where(alive[:, None], p, pts.reshape(-1, 2)).astype(np.float32).reshape(-1, 1, 2)
         if not alive.any():
             break
     if not positions:

@@ -204,3 +204,20 @@ def test_frame_disagreement_names_the_few_wrong_frames(scene):
     pairs[1]["R"] = None
     pairs[2]["R"] = None  # frame 0 is in no pair with a rotation
     assert np.isnan(frame_disagreement(gt, pairs)[0])
+
+
+def test_a_frame_far_off_before_the_adjustment_reinitialises_at_once(scene):
+    """Three frames turned 20 degrees (the median over pairs stays small): the per-frame
+    check before any adjustment sends the run straight to the global mapper's cameras
+    (no adjustment from the broken chain first), and the result is accurate."""
+    gt = _anchor(scene.c2w)
+    start = gt.copy()
+    for k, axis in zip((13, 14, 15), np.eye(3)):
+        start[k, :3, :3] = Rotation.from_rotvec(np.radians(20.0) * axis).as_matrix() @ start[k, :3, :3]
+    res = refine(scene.images, start, scene.K, scene.depth[:, ::2, ::2], RefineConfig(), progress=False)
+    assert res.stats["rotation_disagreement_deg"] < RefineConfig().reinit_rotation_deg
+    assert res.stats["reinit"] and "before the adjustment" in res.stats["reinit_reason"], res.stats.get("reinit_reason")
+    assert max(v for v in res.stats["rotation_disagreement_frames_deg"] if v is not None) > 10.0
+    assert res.applied, res.warnings
+    after = evaluate(res.c2w, gt, res.K[0, 0], scene.K[0, 0])
+    assert after["ate_paper"] < 1e-3 and after["rpe_rot_deg"] < 0.05 and after["focal_rel_error"] < 0.015

@@ -10,12 +10,13 @@ import json
 import shutil
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from flowmap.errors import FlowmapError
+from flowmap.errors import FlowmapError, InputError
 
 REFINE_HELP = "Global refinement of the cameras: colmap (SIFT matches + bundle adjustment, default) | none."
 CAMERA_MODEL_HELP = "Camera the refinement adjusts: SIMPLE_PINHOLE (one focal) | PINHOLE (fx, fy)."
@@ -90,6 +91,7 @@ def _run_config(
     camera_model: str = "SIMPLE_PINHOLE",
     threads: Optional[int] = None,
     init: str = "none",
+    finetune_steps: Optional[int] = None,
 ):
     """The flags of ``run`` / ``demo`` / ``bench`` / ``batch`` as a :class:`flowmap.pipeline.RunConfig`."""
     from flowmap.pipeline import RunConfig
@@ -107,6 +109,10 @@ def _run_config(
     cfg.outputs.gt_dir = gt
     if steps is not None:
         cfg.optim.steps = steps
+    if finetune_steps is not None:
+        if finetune_steps < 0:
+            raise InputError(f"--finetune-steps must be >= 0, got {finetune_steps}")
+        cfg.finetune = replace(cfg.finetune, steps=finetune_steps)
     return cfg
 
 
@@ -156,6 +162,9 @@ def run(
     camera_model: str = CAMERA_MODEL,
     threads: Optional[int] = typer.Option(None, help=THREADS_HELP),
     init: str = INIT,
+    finetune_steps: int = typer.Option(
+        0, help="Steps of depth fine-tuning with the refined cameras held fixed (0: off; the refinement's correction field makes the depth agree with the cameras)."
+    ),
     quiet: bool = typer.Option(False, help="No progress bars."),
     debug: bool = typer.Option(False, help="Show tracebacks."),
 ):
@@ -165,7 +174,7 @@ def run(
 
         cfg = _run_config(
             max_frames, stride, pixel_budget, focal, steps, device, seed, quiet, overwrite, resume, colmap_text, gt,
-            refine, camera_model, threads, init,
+            refine, camera_model, threads, init, finetune_steps,
         )
         _interrupt_on_sigterm()
         result = run_pipeline(source, out, cfg, summary={"command": " ".join(sys.argv)})

@@ -74,6 +74,13 @@ class RefineConfig:
             degrees off (ATE 0.0035 against 0.00023 from the global mapper's cameras)
             because its median disagreement before was 2.97, just under
             ``reinit_rotation_deg``.
+        reinit_frame_before_deg: with "auto", the re-initialisation runs straight away
+            (no adjustment from the FlowMap cameras first) when a frame's median
+            disagreement with its verified pairs exceeds this before any adjustment
+            (degrees, with FlowMap's focal). Measured on the 300-step starts: fox 79
+            (frames 6-8, 31, 36-37, 42 and 44-49 above 10), fountain-P11, llff-fern and
+            tum-office at most 3.2; castle-P30 and tum-rpy re-initialise on the median.
+            It saves fox the adjustment that ``reinit_frame_deg`` would reject (~45 s).
         reinit_ba_rounds: bundle-adjustment rounds inside the global mapper (GLOMAP's
             ba_num_iterations, COLMAP default 3); the rounds below adjust again anyway.
             1 with no re-triangulation saves ~3 s but tum-rpy's ATE was 0.051-0.058
@@ -139,6 +146,7 @@ class RefineConfig:
     reinit: str = "auto"
     reinit_rotation_deg: float = 3.0
     reinit_frame_deg: float = 5.0
+    reinit_frame_before_deg: float = 10.0
     reinit_ba_rounds: int = 3
     reinit_retriangulate: bool = True
     reinit_light_from_frames: int = 100
@@ -167,8 +175,10 @@ class RefineConfig:
             raise ValueError(f"max_image_side must be None or >= 64, got {self.max_image_side}")
         if self.sift_first_octave not in (-1, 0, 1) or self.sift_dsp_scales < 1 or self.sift_peak_threshold <= 0:
             raise ValueError("sift_first_octave must be -1, 0 or 1, sift_dsp_scales >= 1 and sift_peak_threshold > 0")
-        if self.verify_max_error_px <= 0 or self.converge_tol <= 0 or self.reinit_ba_rounds < 1 or self.reinit_frame_deg <= 0:
-            raise ValueError("verify_max_error_px > 0, converge_tol > 0, reinit_ba_rounds >= 1 and reinit_frame_deg > 0 are required")
+        if self.verify_max_error_px <= 0 or self.converge_tol <= 0 or self.reinit_ba_rounds < 1 or min(self.reinit_frame_deg, self.reinit_frame_before_deg) <= 0:
+            raise ValueError(
+                "verify_max_error_px > 0, converge_tol > 0, reinit_ba_rounds >= 1, reinit_frame_deg > 0 and reinit_frame_before_deg > 0 are required"
+            )
         if self.temporal_window < 1 or self.max_pairs_per_frame < 0 or self.exhaustive_max_frames < 0:
             raise ValueError("temporal_window >= 1, max_pairs_per_frame >= 0 and exhaustive_max_frames >= 0 are required")
 

@@ -51,7 +51,9 @@ def refine(images, c2w, K, depth, config: RefineConfig = RefineConfig(), progres
     Pipeline (all geometry by COLMAP through pycolmap, Schönberger & Frahm CVPR 2016):
     SIFT per frame -> pose-guided pair graph -> matching + two-view verification ->
     [re-initialisation by COLMAP's global mapper (GLOMAP, Pan et al. ECCV 2024) when
-    FlowMap's relative rotations disagree with the verified geometry] -> triangulation
+    FlowMap's relative rotations disagree with the verified geometry: by more than
+    ``reinit_rotation_deg`` in the median over pairs, or by more than
+    ``reinit_frame_before_deg`` for one frame] -> triangulation
     with the cameras fixed -> rounds of Ceres bundle adjustment (all poses, shared
     focal, robust loss), outlier filtering and re-triangulation [-> the same from the
     global mapper's cameras when a frame still disagrees with its verified pairs by more
@@ -142,9 +144,16 @@ def refine(images, c2w, K, depth, config: RefineConfig = RefineConfig(), progres
         stats["rotation_disagreement_deg"] = disagreement
         per_frame0 = reinit_mod.frame_disagreement(c2w, verified)
         stats["rotation_disagreement_frames_deg"] = _degrees(per_frame0)
-        do_reinit = config.reinit == "always" or (
-            config.reinit == "auto" and (not np.isfinite(disagreement) or disagreement > config.reinit_rotation_deg)
-        )
+        worst0 = float(np.nanmax(per_frame0)) if np.isfinite(per_frame0).any() else float("nan")
+        if config.reinit == "always":
+            why = "asked for"
+        elif config.reinit == "auto" and (not np.isfinite(disagreement) or disagreement > config.reinit_rotation_deg):
+            why = f"{disagreement:.1f} deg median disagreement"
+        elif config.reinit == "auto" and worst0 > config.reinit_frame_before_deg:
+            why = f"frame {int(np.nanargmax(per_frame0))} disagrees by {worst0:.1f} deg before the adjustment"
+        else:
+            why = None
+        do_reinit = why is not None
 
         def adjusted(rec_start, reinit: bool) -> dict:
             """Rounds of adjustment from ``rec_start``; the result checked against the pairs."""
@@ -174,7 +183,7 @@ def refine(images, c2w, K, depth, config: RefineConfig = RefineConfig(), progres
             rec_g = adjust.build_reconstruction(db, names, g["c2w"], g["params"])
             return adjusted(adjust.triangulate(rec_g, db, image_dir, work, config), reinit=True)
 
-        result = reinitialised(f"{disagreement:.1f} deg median disagreement") if do_reinit else None
+        result = reinitialised(why) if do_reinit else None
         if result is None:
             result = adjusted(rec0, reinit=False)
             if config.reinit == "auto" and not do_reinit and result["worst"] > config.reinit_frame_deg:

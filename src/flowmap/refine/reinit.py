@@ -2,7 +2,7 @@
 
 Trigger: the median angle between FlowMap's relative rotation and the verified two-view
 geometry's relative rotation (COLMAP's essential-matrix decomposition) over the verified
-pairs. Re-initialisation: COLMAP's global mapper (GLOMAP, Pan et al. ECCV 2024:
+pairs, or one frame's median of those angles over its own pairs. Re-initialisation: COLMAP's global mapper (GLOMAP, Pan et al. ECCV 2024:
 rotation averaging, global positioning, bundle adjustment) on the same database, with
 FlowMap's focal as the prior; the result is aligned to the FlowMap cameras with one
 similarity on the camera centres (Umeyama). Frames it does not register keep their

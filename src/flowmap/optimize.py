@@ -47,14 +47,10 @@ class OptimConfig:
     """Model, objective and schedule.
 
     Attributes:
-        steps: Adam steps. 200, not METHOD.md's 2000: the global refinement
+        steps: Adam steps. 300, not METHOD.md's 2000: the global refinement
             (:mod:`flowmap.refine`) brings the cameras to COLMAP's accuracy from a
-            200-step start on every shared sequence (measured; see the README), so the
-            descent only has to land in its basin. Refined from 200 steps against 300
-            (2026-12-02): fountain-P11 ATE 0.000173 / 0.000177, tum-office 0.000947 /
-            0.000995, llff-fern 0.000697 / 0.000710; fox reached COLMAP's ATE from 200
-            steps and not from 100 (0.000254 against 0.000247) in the init curve.
-            Use 2000 with ``--refine none``.
+            300-step start on every shared sequence (measured; see the README), so the
+            descent only has to land in its basin. Use 2000 with ``--refine none``.
         lr: peak learning rate of the networks.
         focal_lr: learning rate of the learned log-focal.
         warmup_fraction: linear warm-up as a fraction of the steps.
@@ -70,7 +66,7 @@ class OptimConfig:
         depth, weights, focal, objective: component settings.
     """
 
-    steps: int = 200
+    steps: int = 300
     lr: float = 1e-3
     focal_lr: float = 3e-3
     warmup_fraction: float = 0.05

@@ -65,6 +65,9 @@ def test_run_colmap_registers_fountain_with_accurate_focal(fountain_small, tmp_p
     np.testing.assert_allclose(R @ R.transpose(0, 2, 1), np.broadcast_to(np.eye(3), R.shape), atol=1e-9)
     # principal point at the image centre in OpenCV pixel coordinates: (W - 1) / 2
     assert res.image_size == (256, 384)
+    # stage timings add up to the run's time
+    assert set(res.timings) == {"extract_s", "match_s", "map_s"} and min(res.timings.values()) > 0
+    assert sum(res.timings.values()) == pytest.approx(res.time_s, rel=0.02)
     assert res.K[0, 2] == pytest.approx((384 - 1) / 2) and res.K[1, 2] == pytest.approx((256 - 1) / 2)
     intrinsics = {"width": 384, "height": 256, "fx": res.K[0, 0], "fy": res.K[1, 1]}
     metrics = evaluate_named(res.names, res.c2w, intrinsics, fountain_small)
@@ -175,6 +178,12 @@ def test_bench_smoke_flowmap_and_colmap(tmp_path, one_torch_thread):
     assert lines[0].split()[:3] == ["sequence", "method", "time"] and len(lines) >= 2 + len(rows)
     assert all(any(line.split()[1] == m for line in lines[2 : 2 + len(rows)]) for m in rows)
     assert "6/6" in lines[2]
+    # where the time goes: flowmap's stages (the refinement's sub-steps inside) and COLMAP's
+    stages = {(line.split()[0], line.split()[1]): line for line in lines if " descent " in line or " extract " in line}
+    assert set(stages) == {(seq.name, "flowmap"), (seq.name, "colmap-incremental"), (seq.name, "colmap-global")}
+    assert "refine" in stages[(seq.name, "flowmap")] and "(SIFT " in stages[(seq.name, "flowmap")]
+    assert fm["timings"]["refine_features_s"] > 0 and fm["timings"]["refine_total_s"] <= fm["timings"]["refine_s"]
+    assert all(f" {k} " in stages[(seq.name, "colmap-incremental")] for k in ("extract", "match", "map"))
 
 
 def test_bench_rejects_a_folder_without_ground_truth(tmp_path):

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +83,8 @@ class ColmapResult:
         matcher: the matcher actually used ("sequential" or "exhaustive").
         mapper: the mapper used ("incremental" or "global").
         image_size: (height, width) of the images in pixels, None without a model.
+        timings: wall seconds per stage: ``extract_s`` (SIFT), ``match_s`` (matching and
+            two-view verification), ``map_s`` (the mapper); they add up to ``time_s``.
     """
 
     names: list[str]
@@ -94,6 +96,7 @@ class ColmapResult:
     matcher: str = ""
     mapper: str = ""
     image_size: tuple[int, int] | None = None
+    timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def n_registered(self) -> int:
@@ -143,11 +146,15 @@ def global_mapper_available() -> bool:
     return hasattr(pycolmap, "global_mapping") and hasattr(pycolmap, "GlobalPipelineOptions")
 
 
-def _extract_and_match(database: Path, image_dir: Path, names: list[str], cfg: ColmapConfig, matcher: str) -> None:
+def _extract_and_match(database: Path, image_dir: Path, names: list[str], cfg: ColmapConfig, matcher: str, timings: dict) -> None:
+    """SIFT and matching into ``database``; their wall seconds into ``timings``."""
     import pycolmap
 
+    t0 = time.perf_counter()
     extract_sift(database, image_dir, names, cfg.camera_model, sift_options(cfg.num_threads, cfg.max_num_features))
     _forget_focal_priors(database, cfg)
+    timings["extract_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
     matching = pycolmap.FeatureMatchingOptions()
     matching.num_threads = cfg.num_threads
     if matcher == "sequential":
@@ -157,6 +164,7 @@ def _extract_and_match(database: Path, image_dir: Path, names: list[str], cfg: C
         pycolmap.match_sequential(database, matching_options=matching, pairing_options=pairing, device=pycolmap.Device.cpu)
     else:
         pycolmap.match_exhaustive(database, matching_options=matching, device=pycolmap.Device.cpu)
+    timings["match_s"] = time.perf_counter() - t0
 
 
 def _forget_focal_priors(database: Path, cfg: ColmapConfig) -> None:
@@ -204,13 +212,13 @@ def _map(database: Path, image_dir: Path, sparse_dir: Path, cfg: ColmapConfig) -
     return pycolmap.global_mapping(database, image_dir, sparse_dir, options=options)
 
 
-def _to_result(models: dict, names: list[str], elapsed: float, matcher: str, mapper: str) -> ColmapResult:
+def _to_result(models: dict, names: list[str], elapsed: float, matcher: str, mapper: str, timings: dict) -> ColmapResult:
     n = len(names)
     c2w = np.full((n, 4, 4), np.nan)
     registered = np.zeros(n, dtype=bool)
     models = [m for m in models.values() if m.num_reg_images() > 0]
     if not models:
-        return ColmapResult(names, c2w, registered, None, 0, elapsed, matcher, mapper)
+        return ColmapResult(names, c2w, registered, None, 0, elapsed, matcher, mapper, timings=timings)
     best = max(models, key=lambda m: m.num_reg_images())
     index = {name: i for i, name in enumerate(names)}
     for image in best.images.values():
@@ -226,7 +234,7 @@ def _to_result(models: dict, names: list[str], elapsed: float, matcher: str, map
     K[0, 2] -= 0.5  # COLMAP: top-left pixel centre at (0.5, 0.5); flowmap/OpenCV: (0, 0)
     K[1, 2] -= 0.5
     size = (int(camera.height), int(camera.width))
-    return ColmapResult(names, c2w, registered, K, len(models), elapsed, matcher, mapper, size)
+    return ColmapResult(names, c2w, registered, K, len(models), elapsed, matcher, mapper, size, timings)
 
 
 def run_colmap(
@@ -279,8 +287,11 @@ def run_colmap(
     with quiet_colmap(cfg.verbose):
         if cfg.seed >= 0:
             pycolmap.set_random_seed(cfg.seed)
+        timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        _extract_and_match(database, image_dir, names, cfg, matcher)
+        _extract_and_match(database, image_dir, names, cfg, matcher, timings)
+        t1 = time.perf_counter()
         models = _map(database, image_dir, sparse_dir, cfg)
         elapsed = time.perf_counter() - t0
-    return _to_result(models, names, elapsed, matcher, cfg.mapper)
+        timings["map_s"] = time.perf_counter() - t1
+    return _to_result(models, names, elapsed, matcher, cfg.mapper, timings)

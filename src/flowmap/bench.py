@@ -314,10 +314,13 @@ def _run_flowmap(
     if result is None:
         return [row], None
     rec = result.reconstruction
+    timings = dict(result.timings)
+    for key, value in (rec.refinement.get("seconds") or {}).items():  # the refinement's sub-steps
+        timings[f"refine_{key}"] = value
     row.update(
         time_s=rec.timings["time_s"],
         image_size=[result.frames.height, result.frames.width],
-        timings={k: _plain(v) for k, v in result.timings.items()},
+        timings={k: _plain(v) for k, v in timings.items()},
         warnings=list(result.warnings),
         outputs=None if out is None else str(out),
     )
@@ -343,7 +346,7 @@ def _run_colmap_row(
     res = _measured(lambda: run_colmap(seq_dir / "images", workdir, cfg, image_names=names), row, log)
     if res is None:
         return row
-    row.update(n_models=res.n_models, matcher=res.matcher)
+    row.update(n_models=res.n_models, matcher=res.matcher, timings={k: _plain(v) for k, v in res.timings.items()})
     if res.K is None:
         row["error"] = f"COLMAP built no model from {len(res.names)} frames"
         registered, c2w, K, size = [], np.zeros((0, 4, 4)), None, (1, 1)
@@ -557,6 +560,33 @@ def _cell(row: dict, key: str | None, fmt: str) -> str:
     return fmt.format(value)
 
 
+# (label, key) of the stages in a row's ``timings``, in pipeline order; refine_* are the
+# refinement's sub-steps (flowmap.refine: stats["seconds"]).
+STAGES = (
+    ("frames", "frames_s"), ("flow", "flow_s"), ("tracks", "tracks_s"), ("bridges", "bridges_s"),
+    ("descent", "optimize_loop_s"), ("solve", "final_solve_s"), ("refine", "refine_s"),
+    ("finetune", "finetune_s"), ("extract", "extract_s"), ("match", "match_s"), ("map", "map_s"),
+)
+REFINE_STAGES = (
+    ("SIFT", "refine_features_s"), ("match", "refine_match_s"), ("reinit", "refine_reinit_s"),
+    ("triangulate", "refine_triangulate_s"), ("adjust", "refine_adjust_s"), ("depth", "refine_depth_s"),
+)
+
+
+def _stages(timings: dict) -> str:
+    """One line of stage seconds, e.g. ``flow 1.2  descent 15.0  refine 20.1 (SIFT 7.5, ...)``."""
+
+    def parts(spec) -> list[str]:
+        return [f"{label} {timings[key]:.1f}" for label, key in spec if isinstance(timings.get(key), (int, float))]
+
+    inner = parts(REFINE_STAGES)
+    out = []
+    for label, key in STAGES:
+        if isinstance(timings.get(key), (int, float)):
+            out.append(f"{label} {timings[key]:.1f}" + (f" ({', '.join(inner)})" if key == "refine_s" and inner else ""))
+    return "  ".join(out)
+
+
 def format_table(results: dict) -> str:
     """Plain-text table of :func:`run_bench` results: one line per sequence x method.
 
@@ -579,6 +609,9 @@ def format_table(results: dict) -> str:
         return "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
 
     out = [line(header), line(["-" * w for w in widths])] + [line(b) for b in body]
+    stages = [f"{r['sequence']:14s} {r['method']:18s} {_stages(r['timings'])}" for r in rows if r.get("timings") and r["method"] != "flowmap-norefine"]
+    if stages:
+        out += ["", "where the time goes (wall seconds per stage; flowmap's outputs are not timed):"] + stages
     gpu = [r for r in rows if r.get("peak_gpu_mb") is not None]
     if gpu:
         out += ["", "peak GPU memory (torch): " + ", ".join(f"{r['sequence']} {r['peak_gpu_mb']:.0f} MB" for r in gpu)]

@@ -135,13 +135,17 @@ def bundle_adjust(rec, cfg, fixed_image: int, refine_intrinsics: bool = True, lo
         config.add_image(img_id)
     config.fix_gauge(pycolmap.BundleAdjustmentGauge.TWO_CAMS_FROM_WORLD)
     adjuster = pycolmap.create_default_bundle_adjuster(options, config, rec)
+    t0 = time.perf_counter()
     summary = adjuster.solve()
-    out = {"termination": str(summary.termination_type).split(".")[-1], "usable": bool(summary.is_solution_usable())}
-    try:
-        d = summary.todict()
-    except Exception:  # noqa: BLE001 - informational only
-        d = {}
-    out["num_residuals"] = d.get("num_residuals")
+    out = {
+        "termination": str(summary.termination_type).split(".")[-1],
+        "usable": bool(summary.is_solution_usable()),
+        "seconds": round(time.perf_counter() - t0, 3),
+        "num_residuals": int(summary.num_residuals),
+    }
+    ceres_summary = getattr(summary, "ceres_summary", None)
+    if ceres_summary is not None:
+        out["iterations"] = int(ceres_summary.num_successful_steps + ceres_summary.num_unsuccessful_steps)
     return out
 
 

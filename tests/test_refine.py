@@ -74,6 +74,9 @@ def test_refine_recovers_perturbed_synthetic_cameras(scene):
     assert res.depth_scale.shape == (len(gt),) and np.all(res.depth_scale > 0)
     assert len(res.points_xyz) == len(res.points_rgb) > 500
     assert res.stats["reproj_px_after"] < res.stats["reproj_px_before"]
+    assert res.stats["observations_before"] > 0 and np.isfinite(res.stats["depth_agreement_before"])
+    rounds = res.stats["rounds"]  # Ceres' own record of each round
+    assert all(r["iterations"] >= 1 and r["seconds"] > 0 and r["num_residuals"] > 0 for r in rounds)
 
 
 def _garbage_cameras(n: int) -> np.ndarray:
@@ -99,6 +102,8 @@ def test_refine_garbage_cameras_reinitialise_from_matches(scene):
     garbage = _garbage_cameras(len(scene.c2w))
     res = refine(scene.images, garbage, scene.K, scene.depth[:, ::2, ::2], RefineConfig(), progress=False)
     assert res.stats["reinit"] and res.stats["rotation_disagreement_deg"] > 30
+    # re-initialised before any adjustment: the garbage cameras were never triangulated
+    assert "reproj_px_before" not in res.stats and "depth_agreement_before" not in res.stats
     after = evaluate(res.c2w, _anchor(scene.c2w), res.K[0, 0], scene.K[0, 0])
     assert res.applied and after["ate_paper"] < 1e-3 and after["focal_rel_error"] < 0.02
 

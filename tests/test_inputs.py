@@ -20,6 +20,7 @@ from types import SimpleNamespace
 import cv2
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -300,6 +301,7 @@ def test_odd_formats_static_camera_and_dark_frame_end_in_warnings(tmp_path, base
     dark = [w for w in warnings if "dark or almost uniform" in w]
     assert len(dark) == 1 and "003.png (dark)" in dark[0] and "000.png" not in dark[0]
     assert summary["n_frames"] == 6 and leftovers(out) == ["OUT"]
+    assert 1 <= summary["settings"]["threads"] <= torch.get_num_threads()  # no --threads: the idle cores, recorded
 
 
 def test_focal_at_the_edge_is_a_warning(tmp_path, moving, monkeypatch):

@@ -20,7 +20,7 @@ from flowmap.errors import FlowmapError, InputError
 
 REFINE_HELP = "Global refinement of the cameras: colmap (SIFT matches + bundle adjustment, default) | none."
 CAMERA_MODEL_HELP = "Camera the refinement adjusts: SIMPLE_PINHOLE (one focal) | PINHOLE (fx, fy)."
-THREADS_HELP = "CPU threads (torch and COLMAP; default: all cores). 1 makes a CPU run bit-reproducible."
+THREADS_HELP = "CPU threads (torch, OpenCV and COLMAP; default: the cores other processes leave idle). 1 makes a CPU run bit-reproducible."
 
 # Options shared by `run` and `batch` (one definition each).
 MAX_FRAMES = typer.Option(None, help="Use at most this many frames (after --stride).")

@@ -83,9 +83,11 @@ class RunConfig:
             package, trained across videos by ``flowmap train``; :mod:`flowmap.pretrained`)
             or the path of a checkpoint ``flowmap train`` wrote.
         threads: CPU threads of the run (torch's intra-op threads and OpenCV's during the
-            run, and COLMAP's in the refinement); None: the libraries' defaults (all
-            cores) and ``refine.num_threads``. With 1, a run on the CPU is
-            bit-reproducible (measured: outputs byte-identical).
+            run, and COLMAP's in the refinement); None: the cores that other processes
+            leave idle when the run starts, at most torch's default (all cores, or
+            ``OMP_NUM_THREADS``; :mod:`flowmap.cores`), recorded in ``summary.json``.
+            With 1, a run on the CPU is bit-reproducible (measured: outputs
+            byte-identical).
     """
 
     frames: FrameConfig = field(default_factory=FrameConfig)
@@ -162,10 +164,22 @@ def run(source: str | Path | Frames, out: Path | None = None, config: RunConfig 
     out = None if out is None else Path(out)
     path = None if isinstance(source, Frames) else Path(source)
     device, init = validate_run(path, out, config, overwrite=config.overwrite)
-    if config.threads is not None and config.refine is not None:
+    if config.threads is None:
+        config = replace(config, threads=_default_threads())
+    if config.refine is not None:
         config = replace(config, refine=replace(config.refine, num_threads=config.threads))
     with contextlib.nullcontext() if out is None else lock_out(out), cpu_threads(config.threads):
         return _run_locked(source, out, config, device, init, summary)
+
+
+def _default_threads() -> int:
+    """Threads of a run without ``--threads``: the cores other processes leave free,
+    at most torch's default (:func:`flowmap.cores.auto_threads`)."""
+    import torch
+
+    from flowmap.cores import auto_threads
+
+    return auto_threads(torch.get_num_threads())
 
 
 @contextlib.contextmanager

@@ -163,7 +163,8 @@ def test_pair_graph_is_linear_in_frames():
 
 
 def test_refine_config_rejects_bad_new_settings():
-    for bad in ({"sift_first_octave": 3}, {"sift_dsp_scales": 0}, {"converge_tol": 0.0}, {"reinit_ba_rounds": 0}, {"temporal_window": 0}):
+    for bad in ({"sift_first_octave": 3}, {"sift_dsp_scales": 0}, {"converge_tol": 0.0}, {"reinit_ba_rounds": 0}, {"temporal_window": 0},
+                {"max_frame_disagreement_deg": 0.0}):
         with pytest.raises(ValueError):
             RefineConfig(**bad).check()
 
@@ -226,3 +227,20 @@ def test_a_frame_far_off_before_the_adjustment_reinitialises_at_once(scene):
     assert res.applied, res.warnings
     after = evaluate(res.c2w, gt, res.K[0, 0], scene.K[0, 0])
     assert after["ate_paper"] < 1e-3 and after["rpe_rot_deg"] < 0.05 and after["focal_rel_error"] < 0.015
+
+
+def test_a_frame_left_far_from_its_pairs_is_named(scene):
+    """One camera turned 90 degrees and no re-initialisation: the adjustment cannot bring
+    it back (its points fail the checks), the median over pairs stays small, and the
+    result names that frame in a warning instead of passing it off as refined."""
+    gt = _anchor(scene.c2w)
+    start = gt.copy()
+    start[8, :3, :3] = Rotation.from_rotvec(np.radians(90.0) * np.array([0.0, 1.0, 0.0])).as_matrix() @ start[8, :3, :3]
+    res = refine(scene.images, start, scene.K, scene.depth[:, ::2, ::2], RefineConfig(reinit="never"), progress=False)
+    assert res.applied, res.warnings
+    assert res.stats["frames_off_after"] == [8]
+    assert res.stats["rotation_disagreement_frames_after_deg"][8] > 45.0
+    named = [w for w in res.warnings if "disagree with their verified pairs" in w]
+    assert len(named) == 1 and named[0].startswith("frames [8]")
+    others = evaluate(np.delete(res.c2w, 8, axis=0), np.delete(gt, 8, axis=0), res.K[0, 0], scene.K[0, 0])
+    assert others["rpe_rot_deg"] < 0.1  # the other frames are refined

@@ -81,7 +81,9 @@ def refine(images, c2w, K, depth, config: RefineConfig = RefineConfig(), progres
         input depth against the points triangulated with the input cameras; after: the
         returned depth against the adjusted points), depth_agreement_field_heldout (the
         same for the correction field fitted on half of the observations, tested on the
-        other half), unconstrained_frames, max_jump. The "before" entries
+        other half), unconstrained_frames, frames_off_after (frames more than
+        ``max_frame_disagreement_deg`` from their verified pairs after the adjustment,
+        named in a warning), max_jump. The "before" entries
         (reproj_px_before, observations_before, depth_agreement_before) need the input
         cameras' own triangulation, which is skipped when the cameras are re-initialised
         before any adjustment: they are then absent.
@@ -268,6 +270,14 @@ def refine(images, c2w, K, depth, config: RefineConfig = RefineConfig(), progres
             # already brought both trajectories to FlowMap's scale).
             nb = int(good_idx[np.argmin(np.abs(good_idx - k))])
             aligned[k] = aligned[nb] @ np.linalg.inv(c2w[nb]) @ c2w[k]
+        off = [k for k, d in enumerate(result["frames"]) if d > config.max_frame_disagreement_deg]
+        stats["frames_off_after"] = off
+        if off:
+            worst_off = max(float(result["frames"][k]) for k in off)
+            warnings.append(
+                f"frames {off} disagree with their verified pairs by more than {config.max_frame_disagreement_deg:g} deg "
+                f"after the refinement (up to {worst_off:.0f} deg): their poses, and maybe the frames beyond them, are unreliable"
+            )
         if weak:
             warnings.append(
                 f"frames {weak} have fewer than {config.min_observations_per_frame} adjusted observations: "

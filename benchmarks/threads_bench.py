@@ -36,8 +36,12 @@ def main() -> None:
         spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if load == "busy" else None
         time.sleep(1.0)
         try:
-            for tag, extra in (("--threads 2", ["--threads", "2"]), ("--threads 1", ["--threads", "1"]), ("no --threads", [])):
-                s = one(args.seq, args.out / f"{load}-{len(extra)}-{extra[-1] if extra else 'auto'}", extra, args.steps)
+            for tag, name, extra in (
+                ("--threads 2", "threads2", ["--threads", "2"]),
+                ("--threads 1", "threads1", ["--threads", "1"]),
+                ("no --threads", "auto", []),
+            ):
+                s = one(args.seq, args.out / f"{load}-{name}", extra, args.steps)
                 t = s["timings"]
                 print(f"{load:5s} {tag:13s} threads {s['settings']['threads']}  descent {t['optimize_loop_s']:6.1f} s  run {t['time_s']:6.1f} s", flush=True)
         finally:

@@ -106,10 +106,11 @@ class RefineConfig:
             the refinement.
         max_frame_disagreement_deg: a frame whose median disagreement with its verified
             pairs still exceeds this after the adjustment (degrees) is named in a warning:
-            its pose is unreliable. Measured after the adjustment in the bench of 2026-12-04:
-            at most 2.1 on the six shared sequences, 4.3 on tum-rpy-long; 176 for frame 17 of castle-P30 with
-            ``temporal_window`` 10, where the global mapper joined frames 0-16 and 17-29
-            at a wrong angle (ATE 0.091) and the median check let it through.
+            its pose is unreliable. Measured after the adjustment in the bench of
+            2026-12-04: at most 2.1 on the six shared sequences, 4.3 on tum-rpy-long;
+            176 for frame 17 of castle-P30 with ``temporal_window`` 10, where the global
+            mapper joined frames 0-16 and 17-29 at a wrong angle (ATE 0.091) and the
+            median check let it through.
         max_rotation_disagreement_deg: the adjusted cameras' relative rotations must agree
             with the verified two-view rotations of the matched pairs to this median angle
             (degrees); more rejects the refinement (an adjustment that converged to a wrong

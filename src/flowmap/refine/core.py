@@ -273,10 +273,9 @@ def refine(images, c2w, K, depth, config: RefineConfig = RefineConfig(), progres
         off = [k for k, d in enumerate(result["frames"]) if d > config.max_frame_disagreement_deg]
         stats["frames_off_after"] = off
         if off:
-            worst_off = max(float(result["frames"][k]) for k in off)
             warnings.append(
                 f"frames {off} disagree with their verified pairs by more than {config.max_frame_disagreement_deg:g} deg "
-                f"after the refinement (up to {worst_off:.0f} deg): their poses, and maybe the frames beyond them, are unreliable"
+                f"after the refinement (up to {result['worst']:.0f} deg): their poses, and maybe the frames beyond them, are unreliable"
             )
         if weak:
             warnings.append(

@@ -63,16 +63,19 @@ def _cli(*args: str, env: dict | None = None, **kw) -> subprocess.CompletedProce
 
 def test_local_batch_with_a_corrupt_source(sources, tmp_path):
     """Embedded Ray, 2 jobs x 1 thread: the good sources finish (metrics from their ground
-    truth), the corrupt one fails with the one-line error `run` gives, and each output is
-    identical to a single `flowmap run` with the same settings and seed."""
+    truth), the corrupt one fails with the one-line error `run` gives, a missing one is a
+    failed source too (the others run), and each output is identical to a single
+    `flowmap run` with the same settings and seed."""
     out = tmp_path / "batch"
-    items = [sources["orbit-a"], sources["broken"], sources["orbit-b"]]
+    missing = tmp_path / "gone" / "clip.mp4"
+    items = [sources["orbit-a"], sources["broken"], missing, sources["orbit-b"]]
     summary = run_batch(items, out, _config(), BatchConfig(jobs=2, threads=1, progress=False))
     by = {r["name"]: r for r in summary["sources"]}
-    assert (summary["done"], summary["failed"], summary["jobs"], summary["threads"]) == (2, 1, 2, 1)
+    assert (summary["done"], summary["failed"], summary["jobs"], summary["threads"]) == (2, 2, 2, 1)
+    assert by["clip.mp4"]["status"] == "failed" and by["clip.mp4"]["error"] == f"source not found: {missing}; check the path"
     assert by["broken"]["status"] == "failed" and "\n" not in by["broken"]["error"]
     assert "broken" in by["broken"]["error"] and "Traceback" not in by["broken"]["error"]
-    assert not (out / "broken").exists()
+    assert not (out / "broken").exists() and not (out / "clip.mp4").exists()
     for name in ("orbit-a", "orbit-b"):
         assert by[name]["status"] == "done" and by[name]["frames"] == 6
         assert _complete(out / name)
@@ -176,8 +179,62 @@ def test_sources_from_a_list_file_and_names(sources, tmp_path):
     assert got[0].gt == sources["orbit-a"].parent and got[1].gt == sources["orbit-b"].parent
     with pytest.raises(InputError, match="listed twice"):
         read_sources([listing, sources["orbit-a"]])
-    with pytest.raises(InputError, match="not found"):
-        read_sources([tmp_path / "nope.mp4"])
+    assert [s.path for s in read_sources([tmp_path / "nope.mp4"])] == [tmp_path / "nope.mp4"]  # fails in the batch
     (tmp_path / "x" / "clip").mkdir(parents=True)
     (tmp_path / "y" / "clip").mkdir(parents=True)
     assert [s.name for s in read_sources([tmp_path / "x" / "clip", tmp_path / "y" / "clip"])] == ["x-clip", "y-clip"]
+
+
+def test_list_files_take_any_path_and_a_tab_before_the_ground_truth(sources, tmp_path):
+    """A list line is one path, spaces and '#' included (one space or two: never split);
+    a tab separates the ground-truth folder; only whole lines starting with '#' are comments."""
+    paths = [tmp_path / "my clip" / "images", tmp_path / "a  b # c", tmp_path / " lead"]
+    for path in paths:
+        path.mkdir(parents=True)
+    gt = sources["orbit-a"].parent
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"# comment\n{paths[0]}\n{paths[1]}\t{gt}\n  # indented comment\n\n{paths[2].name}\n")
+    got = read_sources([listing])
+    assert [s.path for s in got] == [paths[0], paths[1], tmp_path / "lead"]  # relative to the list, stripped
+    assert [s.gt for s in got] == [None, gt, None]
+    assert [s.path for s in read_sources([paths[0]])] == [paths[0]]  # as on the command line
+    listing.write_text(f"{paths[0]}\t{gt}\t{gt}\n")
+    with pytest.raises(InputError, match="list.txt:1: expected 'SOURCE' or 'SOURCE<TAB>GT_DIR'"):
+        read_sources([listing])
+
+
+@pytest.mark.parametrize("scheme", ["", "ray://"])
+def test_an_unreachable_address_is_refused_at_once(sources, tmp_path, scheme):
+    """Nothing listens at --address: one line within seconds (not Ray's minutes of retries),
+    exit 2, and nothing written under OUT_ROOT."""
+    from typer.testing import CliRunner
+
+    from flowmap.cli import app
+
+    address = f"{scheme}127.0.0.1:{_free_port()}"  # nothing listens there
+    out = tmp_path / "root"
+    t0 = time.monotonic()
+    result = CliRunner().invoke(app, ["batch", str(sources["orbit-a"]), "-o", str(out), "--address", address, *FLAGS])
+    assert time.monotonic() - t0 < 60
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1, (result.stderr, result.exception)
+    assert lines[0].startswith(f"error: cannot reach Ray at {address}: ") and "ray start --head" in lines[0]
+    assert not out.exists()
+
+
+def test_no_batch_json_before_ray_is_connected(sources, tmp_path, monkeypatch):
+    """ray.init failing at a reachable address (e.g. Ray Client's extra missing): one line,
+    and OUT_ROOT holds no batch.json."""
+    import ray
+
+    def refuse(*args, **kwargs):
+        raise ConnectionError("Ray Client requires pip package `ray[client]`")
+
+    monkeypatch.setattr(ray, "init", refuse)
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        address = f"ray://127.0.0.1:{listener.getsockname()[1]}"
+        with pytest.raises(InputError, match=r"cannot start or reach Ray at ray://.*ray\[client\]"):
+            run_batch([sources["orbit-a"]], tmp_path / "root", _config(), BatchConfig(address=address, progress=False))
+    assert not (tmp_path / "root").exists()

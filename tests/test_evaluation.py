@@ -241,3 +241,30 @@ def test_evaluate_run_bad_folders(tmp_path):
         evaluate_run(bad, FOX)
     with pytest.raises(InputError):
         evaluate_run(FOX, tmp_path / "missing-gt")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not a map"])
+def test_eval_of_an_output_with_a_damaged_depth_map_gives_one_line(tmp_path, damage):
+    """`flowmap eval` on an output whose depth file is truncated (or not 2-D): exit 2, one
+    line naming the file and what to do, no traceback."""
+    from typer.testing import CliRunner
+
+    from flowmap.cli import app
+    from flowmap.synthetic import make_scene, write_sequence
+
+    scene = make_scene(n_frames=4, height=24, width=32)
+    gt = write_sequence(scene, tmp_path / "gt")
+    out = write_sequence(scene, tmp_path / "out")
+    (out / "depth").mkdir()
+    for name in scene.names:
+        np.save(out / "depth" / f"{Path(name).stem}.npy", np.ones((12, 16), np.float32))
+    bad = out / "depth" / f"{Path(scene.names[2]).stem}.npy"
+    if damage == "truncated":
+        bad.write_bytes(bad.read_bytes()[:-100])
+    else:
+        np.save(bad, np.ones(5, np.float32))
+    result = CliRunner().invoke(app, ["eval", str(out), "--gt", str(gt)])
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1, (result.stderr, result.exception)
+    assert f"depth map {bad}" in lines[0] and "run flowmap run again" in lines[0]
+    assert "Traceback" not in result.stderr + result.stdout

@@ -257,6 +257,75 @@ def test_output_folder_that_holds_the_input_is_refused(tmp_path, base_image):
     assert sorted(p.name for p in images.iterdir()) == ["0.png", "1.png", "2.png"]
 
 
+@pytest.mark.parametrize(
+    "command, out_name",
+    [("run", "afile/out"), ("train", "afile/w.pt"), ("batch", "afile"), ("batch", "afile/root")],
+)
+def test_output_path_below_a_file_is_refused_by_every_command(tmp_path, moving, command, out_name):
+    """`-o afile/...` (run, train, batch): one line naming the file, exit 2, nothing created."""
+    (tmp_path / "afile").write_text("x")
+    out = tmp_path / out_name
+    result = CliRunner().invoke(app, [command, str(moving), "-o", str(out), "--steps", "1", "--quiet"])
+    assert result.exit_code == 2, (result.stderr, result.exception)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"{tmp_path / 'afile'} is a file" in lines[0], result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"] and (tmp_path / "afile").read_text() == "x"
+
+
+def test_missing_ground_truth_is_refused_before_any_work(tmp_path, moving, monkeypatch):
+    """`--gt /nonexistent` fails before a frame is decoded (not after the reconstruction), leaving nothing."""
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("frames decoded before --gt was checked")
+
+    monkeypatch.setattr(flowmap.pipeline, "load_frames", no_decoding)
+    out = tmp_path / "OUT"
+    assert_refused(
+        run(moving, "-o", out, "--gt", tmp_path / "nonexistent", *FAST), out,
+        f"ground-truth folder {tmp_path / 'nonexistent'} does not exist",
+    )
+
+
+DISK_FULL = r"""
+import resource, sys
+sys.path.insert(0, {tests!r})
+import flowmap.pipeline
+from flowmap.cli import app
+from test_inputs import fake_finetune, fake_fit, fake_solve
+
+real_write = flowmap.pipeline.write_outputs
+
+def write_on_a_full_disk(*args, **kwargs):
+    # From here on no file may grow past {limit} bytes: the real writers get EFBIG (SIGXFSZ is ignored by Python).
+    resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+    return real_write(*args, **kwargs)
+
+flowmap.pipeline.fit = fake_fit
+flowmap.pipeline.solve = fake_solve
+flowmap.pipeline.finetune_depth = fake_finetune
+flowmap.pipeline.write_outputs = write_on_a_full_disk
+app(["run", {source!r}, "-o", {out!r}, "--steps", "5", "--pixel-budget", "3072", "--refine", "none", "--quiet"])
+"""
+
+
+def test_outputs_that_do_not_fit_on_the_disk_give_one_line(tmp_path, moving):
+    """The real output writers hit a file size limit (as on a full disk): exit 2, one line that
+    says what to do, no traceback, no OUT or OUT.tmp-*; OUT.cache is kept for --resume."""
+    out = tmp_path / "OUT"
+    script = DISK_FULL.format(tests=str(Path(__file__).parent), source=str(moving), out=str(out), limit=4096)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert lines[0].startswith(f"error: cannot write {out}: "), lines[0]  # then numpy's or the OS's reason
+    assert lines[0].endswith(
+        "; free disk space or choose another output path, then run the same command again "
+        "(with --resume the work done so far is reused)"
+    )
+    assert leftovers(out) == ["OUT.cache"]
+
+
 # ----------------------------------------------------------------------------- degenerate content
 
 
@@ -369,8 +438,8 @@ def test_failed_write_leaves_no_out_and_keeps_an_old_one(tmp_path, moving, monke
     result = run(moving, "-o", out, *FAST)
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines()[-1] == (
-        f"error: cannot write the outputs to {out}: No space left on device; free space or choose another folder "
-        "and run again (--resume reuses the cached work)"
+        f"error: cannot write {out}: No space left on device; free disk space or choose another output path, "
+        "then run the same command again (with --resume the work done so far is reused)"
     )
     assert "poses.txt" in written and "points.ply" in written  # files were written before the failure ...
     assert leftovers(out) == ["OUT.cache"]  # ... but only into the temporary folder, now removed

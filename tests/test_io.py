@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import multiprocessing
 import os
 import subprocess
@@ -11,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from flowmap.errors import InputError
-from flowmap.io import atomic_dir, clean_stale, lock_out
+from flowmap.errors import InputError, OutputError
+from flowmap.io import atomic_dir, atomic_write, clean_stale, lock_out
 
 
 def dead_pid() -> int:
@@ -94,7 +95,7 @@ def test_second_writer_of_same_out_refused(tmp_path):
     """Two runs writing one OUT at once: the second gets one line, the first keeps going (issue 11.5)."""
     out = tmp_path / "OUT"
     with held_by_another_process(out):
-        with pytest.raises(InputError, match="another flowmap run is writing"):
+        with pytest.raises(InputError, match="another flowmap process is writing"):
             with lock_out(out):
                 pass
     with lock_out(out):  # free again once the first one finished
@@ -120,5 +121,25 @@ def test_cli_run_refuses_out_locked_by_another_run(tmp_path):
         result = CliRunner().invoke(app, ["run", str(images), "-o", str(out), "--quiet"])
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "another flowmap run is writing" in lines[0]
+    assert len(lines) == 1 and "another flowmap process is writing" in lines[0]
     assert not out.exists() and not (tmp_path / "OUT.cache").exists()
+
+
+def _disk_full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_every_write_helper_turns_a_full_disk_into_one_line(tmp_path, monkeypatch):
+    """atomic_write, atomic_dir and lock_out (the helpers every writer uses) raise the one-line
+    OutputError for an OSError, naming the target and what to do, and leave no temporary file."""
+    with pytest.raises(OutputError) as caught:
+        atomic_write(tmp_path / "a.json", lambda tmp: (Path(tmp).write_text("part"), _disk_full()))
+    assert str(caught.value).startswith(f"cannot write {tmp_path / 'a.json'}: No space left on device; free disk space")
+    with pytest.raises(OutputError, match=r"cannot write .*OUT: No space left on device; .*--resume"):
+        with atomic_dir(tmp_path / "OUT") as tmp:
+            atomic_write(tmp / "inner.txt", lambda t: _disk_full())  # a file inside: the message names OUT
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    monkeypatch.setattr("flowmap.io.FileLock.acquire", _disk_full)
+    with pytest.raises(OutputError, match="No space left on device"):
+        with lock_out(tmp_path / "OUT"):
+            pass

@@ -8,6 +8,7 @@ a killed training resumes to the state of an uninterrupted one, feed-forward mod
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 from dataclasses import replace
@@ -163,3 +164,76 @@ def test_the_train_command_writes_a_checkpoint_and_refuses_bad_output_paths(vide
     assert proc.returncode == 2 and "both a training and a validation source" in proc.stderr, proc.stderr
     proc = cli(videos["a"], videos["a"], "--steps", "3", "-o", fresh)
     assert proc.returncode == 2 and "given twice" in proc.stderr, proc.stderr
+
+
+def _damaged(state: dict, damage: str) -> dict:
+    """A copy of a weights file's content with one fault of the kind ``damage``."""
+    depth = dict(state["depth_net"])
+    name = next(k for k, v in depth.items() if v.is_floating_point() and v.ndim == 4)
+    if damage == "missing tensor":
+        del depth[name]
+    elif damage == "wrong shape":
+        depth[name] = depth[name][:1]
+    else:
+        depth[name] = depth[name].clone()
+        depth[name].view(-1)[0] = float(damage)
+    return {**state, "depth_net": depth}
+
+
+@pytest.mark.parametrize(
+    "damage, words",
+    [("missing tensor", "lacks tensors"), ("wrong shape", "has shape"), ("nan", "NaN or infinite"), ("inf", "NaN or infinite")],
+)
+def test_damaged_weights_are_refused_before_any_work(tmp_path, damage, words):
+    """Flowmap weights with a tensor missing, of another shape or not finite: one line, exit 2,
+    nothing beside OUT (no traceback from load_state_dict or the SVD of a NaN network)."""
+    from typer.testing import CliRunner
+
+    from flowmap.cli import app
+
+    weights = tmp_path / "damaged.pt"
+    torch.save(_damaged(torch.load(default_path(), weights_only=True), damage), weights)
+    with pytest.raises(InputError, match=words):
+        load_pretrained(weights, DepthNetConfig(), WeightMLPConfig())
+    out = tmp_path / "OUT"
+    result = CliRunner().invoke(app, ["run", str(tmp_path / "nope"), "-o", str(out), "--init", str(weights), "--steps", "0"])
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1 and words in lines[0] and "--init default" in lines[0], result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["damaged.pt"]
+
+
+@pytest.mark.parametrize(
+    "setting, words",
+    [({"lr": math.nan}, "--lr must be a finite positive number"), ({"lr": -1.0}, "--lr must be a finite positive number"),
+     ({"steps": 0}, "--steps must be at least 1")],
+)
+def test_training_settings_are_checked_before_any_work(videos, tmp_path, setting, words):
+    out = tmp_path / "w.pt"
+    with pytest.raises(InputError, match=words):
+        train([videos["a"]], out, replace(_cfg(3), **setting), progress=False)
+    assert list(tmp_path.iterdir()) == []  # no correspondences computed, no cache
+
+
+def test_a_missing_later_source_leaves_no_cache(videos, tmp_path):
+    """The second training source (or a validation source) is missing: refused before the
+    first is decoded, so no w.pt.cache is left."""
+    out = tmp_path / "w.pt"
+    for train_paths, val_paths, role in (
+        ([videos["a"], tmp_path / "missing"], [], "training source"),
+        ([videos["a"]], [tmp_path / "missing"], "validation source"),
+    ):
+        with pytest.raises(InputError, match=f"{role} .*missing does not exist"):
+            train(train_paths, out, _cfg(3), val_paths=val_paths, progress=False)
+        assert list(tmp_path.iterdir()) == []
+
+
+def test_two_trainings_into_one_output_are_refused(videos, tmp_path):
+    """A training whose weights file another process writes is refused with one line and
+    writes nothing (neither weights nor cache)."""
+    from test_io import held_by_another_process
+
+    out = tmp_path / "w.pt"
+    with held_by_another_process(out):
+        with pytest.raises(InputError, match="another flowmap process is writing"):
+            train([videos["a"]], out, _cfg(3), progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".w.pt.lock"]

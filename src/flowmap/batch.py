@@ -8,7 +8,9 @@ after it; with ``address`` (``ray://HOST:PORT`` for Ray Client, ``HOST:PORT`` fo
 cluster's GCS, or ``RAY_ADDRESS``) the tasks go to an existing cluster, whose nodes must
 have flowmap installed and see OUT_ROOT and the sources at the same paths.
 
-Robustness: a failed source does not stop the others (its one-line error is recorded);
+Robustness: a failed source, a missing one included, does not stop the others (its
+one-line error is recorded); options, OUT_ROOT and the Ray address are checked before
+anything is written, and OUT_ROOT is locked (:func:`flowmap.io.lock_out`);
 every run writes its OUT atomically, so a batch killed at any moment leaves each output
 either complete or absent (an interrupted run leaves only its ``OUT.cache`` checkpoint);
 ``resume`` skips finished sources and resumes interrupted ones from their checkpoints.
@@ -22,6 +24,7 @@ import html
 import json
 import os
 import signal
+import socket
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -29,12 +32,15 @@ from pathlib import Path
 
 from flowmap.errors import FlowmapError, InputError
 from flowmap.frames import source_names
-from flowmap.io import atomic_write
+from flowmap.io import atomic_write, lock_out
 from flowmap.pipeline import RunConfig
+from flowmap.validate import check_out_folder, validate_run
 
 __all__ = ["BatchConfig", "BatchSource", "read_sources", "run_batch", "format_batch_table"]
 
 INSTALL_HINT = "flowmap batch needs Ray: pip install -e '.[batch]' (or pip install 'ray>=2.9')"
+CONNECT_TIMEOUT_S = 5.0
+"""Seconds a Ray address may take to accept a TCP connection before the batch is refused."""
 
 
 @dataclass(frozen=True)
@@ -105,41 +111,55 @@ def read_sources(items: list[Path]) -> list[BatchSource]:
     """The batch's sources from the command line.
 
     Each item is a video file, an image folder, or a text file (``.txt`` / ``.list``)
-    with one source per line (``SOURCE`` or ``SOURCE<TAB or spaces>GT_DIR``; relative
-    paths are relative to the list file; blank lines and ``#`` comments skipped).
-    Ground truth is also found beside an image folder in the shared layout
-    (:func:`_gt_beside`).
+    with one source per line: ``SOURCE``, or ``SOURCE<TAB>GT_DIR`` with a ground-truth
+    folder. Only a tab separates the two, so a path may hold spaces (and ``#``); relative
+    paths are relative to the list file; blank lines and lines starting with ``#`` are
+    skipped. Ground truth is also found beside an image folder in the shared layout
+    (:func:`_gt_beside`). A source that does not exist is kept: :func:`run_batch` records
+    it as failed and runs the others.
 
     Raises:
-        InputError: no sources, a missing source, or the same source twice.
+        InputError: no sources, a list line with more than two tab-separated fields, or
+            the same source twice.
     """
     entries: list[tuple[Path, Path | None]] = []
     for item in items:
         item = Path(item)
         if item.is_file() and item.suffix.lower() in (".txt", ".list"):
-            for lineno, line in enumerate(item.read_text().splitlines(), 1):
-                line = line.split("#", 1)[0].strip()
-                if not line:
-                    continue
-                fields = line.split("\t") if "\t" in line else line.split()
-                if len(fields) > 2:
-                    raise InputError(f"{item}:{lineno}: expected 'SOURCE' or 'SOURCE GT_DIR', got {line!r}")
-                src = (item.parent / fields[0]).resolve()
-                gt = (item.parent / fields[1]).resolve() if len(fields) == 2 else None
-                entries.append((src, gt))
+            entries += _read_list(item)
         else:
             entries.append((item.resolve(), None))
     if not entries:
         raise InputError("no sources given; pass videos, image folders or a text file listing them")
     seen = set()
     for src, _ in entries:
-        if not src.exists():
-            raise InputError(f"source not found: {src}")
         if src in seen:
-            raise InputError(f"source listed twice: {src}")
+            raise InputError(f"source listed twice: {src}; give each source once")
         seen.add(src)
     names = source_names([src for src, _ in entries])
     return [BatchSource(src, name, gt if gt is not None else _gt_beside(src)) for (src, gt), name in zip(entries, names)]
+
+
+def _read_list(listing: Path) -> list[tuple[Path, Path | None]]:
+    """(source, ground truth or None) of each line of a list file (see :func:`read_sources`)."""
+    entries = []
+    for lineno, line in enumerate(listing.read_text().splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        fields = [f.strip() for f in line.split("\t")]
+        if len(fields) > 2 or not fields[0]:
+            raise InputError(
+                f"{listing}:{lineno}: expected 'SOURCE' or 'SOURCE<TAB>GT_DIR', got {line!r}; separate the two with one tab"
+            )
+        gt = (listing.parent / fields[1]).resolve() if len(fields) == 2 and fields[1] else None
+        entries.append(((listing.parent / fields[0]).resolve(), gt))
+    return entries
+
+
+def _missing(path: Path) -> str:
+    """The error of a source that does not exist (recorded as a failed source)."""
+    hint = " (in a list file, a ground-truth folder follows the source after a tab)" if " " in path.name else ""
+    return f"source not found: {path}; check the path{hint}"
 
 
 def _one_line(exc: BaseException) -> str:
@@ -205,6 +225,8 @@ def _connect(config: BatchConfig, jobs: int, threads: int):
     except ImportError:
         raise InputError(INSTALL_HINT) from None
     address = config.address or os.environ.get("RAY_ADDRESS") or None
+    if address is not None:
+        check_reachable(address)
     kwargs = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
     if address is None:
         kwargs.update(num_cpus=jobs * threads)
@@ -219,6 +241,27 @@ def _connect(config: BatchConfig, jobs: int, threads: int):
         if main and sigterm is not None:  # Ray's logging installs its own SIGTERM handler: keep the caller's
             signal.signal(signal.SIGTERM, sigterm)
     return ray, address
+
+
+def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """Refuse at once a Ray address (``HOST:PORT`` or ``ray://HOST:PORT``) where nothing
+    accepts a TCP connection: ``ray.init`` would retry for many minutes. Addresses
+    without a port (``auto``, ``local``) are left to Ray.
+
+    Raises:
+        InputError: the connection is refused or times out.
+    """
+    host, sep, port = address.split("://", 1)[-1].rpartition(":")
+    if not sep or not port.isdigit():
+        return
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        raise InputError(
+            f"cannot reach Ray at {address}: {reason}; start the cluster (ray start --head) or correct --address / RAY_ADDRESS"
+        ) from None
 
 
 def run_batch(items: list[Path], out_root: Path, run_config: RunConfig, config: BatchConfig = BatchConfig()) -> dict:
@@ -239,11 +282,15 @@ def run_batch(items: list[Path], out_root: Path, run_config: RunConfig, config: 
         ``threads``, ``address``.
 
     Raises:
-        InputError: bad sources or options, an OUT_ROOT with results and neither resume
-            nor overwrite, Ray missing or unreachable.
+        InputError: bad sources or options, an OUT_ROOT that is a file or lies below one,
+            an OUT_ROOT with results and neither resume nor overwrite, another batch
+            writing OUT_ROOT, Ray missing or unreachable (nothing is written then).
+        OutputError: batch.json or batch.html cannot be written (disk full).
     """
     sources = read_sources(items)
     out_root = Path(out_root).resolve()
+    check_out_folder(out_root)
+    validate_run(None, None, run_config)
     jobs, threads = config.resolved(os.cpu_count() or 1)
     outs = {s.name: out_root / s.name for s in sources}
     if not (config.resume or config.overwrite):
@@ -252,12 +299,20 @@ def run_batch(items: list[Path], out_root: Path, run_config: RunConfig, config: 
             raise InputError(
                 f"{out_root} already holds results of {', '.join(existing)}; use --resume to continue that batch or --overwrite to redo it"
             )
-    out_root.mkdir(parents=True, exist_ok=True)
+    with lock_out(out_root):
+        return _run_locked(sources, outs, out_root, run_config, config, jobs, threads)
+
+
+def _run_locked(sources, outs, out_root: Path, run_config: RunConfig, config: BatchConfig, jobs: int, threads: int) -> dict:
+    """:func:`run_batch` once its options are valid and OUT_ROOT is locked: Ray is
+    reached before anything is written into OUT_ROOT."""
     task_config = replace(run_config, threads=threads, progress=False, resume=config.resume, overwrite=config.overwrite)
     records = {s.name: _record(s, outs[s.name], "pending") for s in sources}
     todo = []
     for s in sources:
-        if config.resume and not config.overwrite and _is_complete(outs[s.name]):
+        if not s.path.exists():
+            records[s.name].update(status="failed", error=_missing(s.path))
+        elif config.resume and not config.overwrite and _is_complete(outs[s.name]):
             records[s.name].update(status="skipped", error=None)
         else:
             todo.append(s)
@@ -269,11 +324,11 @@ def run_batch(items: list[Path], out_root: Path, run_config: RunConfig, config: 
         summary.update(counts, sources=list(records.values()), wall_s=time.perf_counter() - t_start)
         atomic_write(out_root / "batch.json", json.dumps(summary, indent=2, default=str) + "\n")
 
-    save()
     if todo:
         ray, address = _connect(config, jobs, threads)
         summary["address"] = address
         try:
+            save()
             _schedule(ray, todo, outs, task_config, config, threads, records, save)
         finally:
             ray.shutdown()

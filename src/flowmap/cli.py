@@ -190,7 +190,7 @@ def run(
 
 @app.command()
 def batch(
-    sources: list[Path] = typer.Argument(..., help="Videos, image folders, or text files listing them (one per line, optionally with a ground-truth folder)."),
+    sources: list[Path] = typer.Argument(..., help="Videos, image folders, or text files listing them (one path per line; a tab, then a ground-truth folder, optionally)."),
     out: Path = typer.Option(..., "-o", "--out", help="Output root: one folder per source, batch.json, batch.html."),
     jobs: Optional[int] = typer.Option(None, help="Sources run in parallel (default: cores // threads)."),
     threads: Optional[int] = typer.Option(None, help="CPU threads per source (default: cores // jobs, at least 1)."),

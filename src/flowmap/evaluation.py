@@ -455,8 +455,26 @@ def evaluate_run(out_dir: Path, gt_dir: Path) -> dict[str, float | str]:
     poses_path, intr_path = _require_folder(out_dir, "output")
     names, c2w = read_poses(poses_path)
     depth_files = [Path(out_dir) / "depth" / f"{Path(name).stem}.npy" for name in names]
-    depth = [np.load(f) for f in depth_files] if all(f.is_file() for f in depth_files) else None
+    depth = [read_depth(f) for f in depth_files] if all(f.is_file() for f in depth_files) else None
     return evaluate_named(names, c2w, read_intrinsics(intr_path), gt_dir, depth)
+
+
+def read_depth(path: Path) -> np.ndarray:
+    """A depth map ``OUT/depth/<stem>.npy`` of a run (float32, (h, w)).
+
+    Raises:
+        InputError: the file is truncated, corrupt or not a 2-D map (one line naming it).
+    """
+    try:
+        depth = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise InputError(
+            f"cannot read the depth map {path} ({' '.join(str(exc).split())[:80]}); run flowmap run again for this "
+            "output, or delete its depth/ folder to evaluate the poses alone"
+        ) from None
+    if depth.ndim != 2:
+        raise InputError(f"the depth map {path} has shape {depth.shape}, expected (h, w); run flowmap run again for this output")
+    return depth
 
 
 def evaluate_reconstruction(rec, gt_dir: Path) -> dict[str, float | str]:

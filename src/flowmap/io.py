@@ -10,10 +10,15 @@ moved into place once complete, an existing target being removed only then.
 A killed process can leave ``OUT.tmp-<pid>`` (a folder being built) or, between the two
 renames of a replacement, ``OUT.old-<pid>`` (the previous result) beside ``OUT``: the
 next :func:`atomic_dir` on the same target removes the ones of dead processes and puts
-an ``OUT.old-<pid>`` back where ``OUT`` is missing (:func:`clean_stale`). Two runs
-writing the same ``OUT`` at once are refused by :func:`lock_out` (an exclusive lock on
-the hidden file ``.OUT.lock`` beside ``OUT``, through the filelock library; the file stays,
-empty, after the run: deleting a lock file races with a process opening it).
+an ``OUT.old-<pid>`` back where ``OUT`` is missing (:func:`clean_stale`). Two processes
+writing the same user-named path (a run's ``OUT``, a training's weights file, a batch's
+``OUT_ROOT``) at once are refused by :func:`lock_out` (an exclusive lock on the hidden
+file ``.NAME.lock`` beside it, through the filelock library; the file stays, empty, after
+the run: deleting a lock file races with a process opening it).
+
+Any ``OSError`` of a write (disk full, permissions, a file size limit) leaves these
+helpers as the one-line :class:`~flowmap.errors.OutputError`
+(:func:`flowmap.errors.output_error`), never as a traceback.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from flowmap.errors import InputError
+from flowmap.errors import InputError, OutputError, output_error
 
 
 def atomic_write(path: Path | str, data: bytes | str | Callable[[Path], None]) -> Path:
@@ -43,13 +48,13 @@ def atomic_write(path: Path | str, data: bytes | str | Callable[[Path], None]) -
         ``path``.
 
     Raises:
-        OSError: the write failed (disk full, permissions); ``path`` is unchanged and
-            the temporary file removed.
+        OutputError: the write failed (disk full, permissions); ``path`` is unchanged
+            and the temporary file removed.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         if callable(data):
             data(tmp)
         elif isinstance(data, str):
@@ -57,10 +62,29 @@ def atomic_write(path: Path | str, data: bytes | str | Callable[[Path], None]) -
         else:
             tmp.write_bytes(data)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise output_error(path, exc) from exc
         raise
     return path
+
+
+def write_image(path: Path | str, image, params: list[int] | tuple[int, ...] = ()) -> None:
+    """Encode ``image`` (an OpenCV array, BGR or single-channel) in the format of
+    ``path``'s suffix and write it: a full disk raises the ``OSError`` of the write
+    (``cv2.imwrite`` only returns False).
+
+    Raises:
+        OSError: the suffix has no encoder, or the write failed.
+    """
+    import cv2
+
+    path = Path(path)
+    ok, encoded = cv2.imencode(path.suffix, image, list(params))
+    if not ok:
+        raise OSError(f"no image encoder for {path.name}; use a .png or .jpg name")
+    path.write_bytes(encoded.tobytes())
 
 
 @contextmanager
@@ -71,21 +95,25 @@ def atomic_dir(target: Path | str) -> Iterator[Path]:
     block ends without an exception, an existing ``target`` is renamed aside, ``tmp``
     renamed to ``target`` and the old folder deleted (a failure of the rename puts the
     old folder back). When the block raises, ``tmp`` is removed and ``target`` is
-    untouched.
+    untouched. An ``OSError`` in the block or in the move (disk full) becomes the
+    one-line :class:`~flowmap.errors.OutputError`.
     """
     target = Path(target)
-    clean_stale(target)
     tmp = target.parent / f"{target.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
     try:
+        clean_stale(target)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
         yield tmp
         _fsync_tree(tmp)
         _replace_dir(tmp, target)
         _fsync_path(target.parent)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        cause = exc.__cause__ if isinstance(exc, OutputError) else exc  # a file inside: name the folder
+        if isinstance(cause, OSError):
+            raise output_error(target, cause) from cause
         raise
 
 
@@ -168,24 +196,31 @@ def clean_stale(target: Path | str) -> list[Path]:
 
 @contextmanager
 def lock_out(out: Path | str) -> Iterator[Path]:
-    """Hold an exclusive lock on the output folder ``out`` (file ``.OUT.lock`` beside it).
+    """Hold an exclusive lock on the user-named output ``out`` (a run's folder, a
+    training's weights file, a batch's root) for the block: file ``.NAME.lock`` beside it.
+
+    Every command that writes a path the user named takes this lock first, so two
+    processes never write one output at once.
 
     Yields:
         The lock file's path.
 
     Raises:
-        InputError: another process holds the lock (another flowmap run writes ``out``).
+        InputError: another process holds the lock (another flowmap command writes ``out``).
+        OutputError: the lock file cannot be created (disk full, permissions).
     """
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     path = out.parent / f".{out.name}.lock"
     lock = FileLock(path)
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
         lock.acquire(timeout=0)
     except Timeout:
         raise InputError(
-            f"another flowmap run is writing {out} (lock {path}); wait for it to finish or choose another output folder"
+            f"another flowmap process is writing {out} (lock {path}); wait for it to finish or choose another output path"
         ) from None
+    except OSError as exc:
+        raise output_error(out, exc) from exc
     try:
         yield path
     finally:

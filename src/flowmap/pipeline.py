@@ -40,7 +40,7 @@ from flowmap import checks
 from flowmap.camera import K_at
 from flowmap.correspondences import CorrespondenceConfig
 from flowmap.correspondences.cache import load_or_compute
-from flowmap.errors import FlowmapError, InputError
+from flowmap.errors import FlowmapError
 from flowmap.finetune import FinetuneConfig, FinetuneResult, finetune_depth
 from flowmap.frames import FrameConfig, load_frames, resize_images, working_shape
 from flowmap.io import lock_out
@@ -154,9 +154,9 @@ def run(source: str | Path | Frames, out: Path | None = None, config: RunConfig 
         :class:`RunResult`.
 
     Raises:
-        InputError: an option or path is invalid, the source cannot be read, the run
-            would need more memory than is available, or the outputs cannot be
-            written (disk full, permissions).
+        InputError: an option or path is invalid, the source cannot be read, or the run
+            would need more memory than is available.
+        OutputError: the outputs, cache or lock cannot be written (disk full, permissions).
         DegenerateInputError: the frames are (nearly) identical.
         NumericalError: the optimisation diverged or produced invalid cameras.
     """
@@ -360,16 +360,9 @@ def _as_reconstruction(
 
 
 def _write(rec: Reconstruction, frames: Frames, out: Path, config: RunConfig, summary: dict, warnings: list[str]) -> None:
-    """The output stage; an OSError (disk full, permissions) becomes one line (no partial OUT is left)."""
-    try:
-        write_outputs(rec, frames, out, config.outputs, summary=summary, overwrite=config.overwrite, warnings=warnings)
-    except OSError as exc:
-        if exc.errno is None:
-            raise
-        raise InputError(
-            f"cannot write the outputs to {out}: {exc.strerror}; free space or choose another folder and run "
-            "again (--resume reuses the cached work)"
-        ) from exc
+    """The output stage; a failed write (disk full, permissions) is one line, :class:`flowmap.errors.OutputError`
+    (no partial OUT is left; OUT.cache is kept for ``--resume``)."""
+    write_outputs(rec, frames, out, config.outputs, summary=summary, overwrite=config.overwrite, warnings=warnings)
 
 
 def reconstruct(source: str | Path | Frames, config: RunConfig | None = None) -> Reconstruction:

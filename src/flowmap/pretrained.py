@@ -26,7 +26,10 @@ from flowmap.io import atomic_write
 from flowmap.model.depth import DepthNetConfig
 from flowmap.model.weights import WeightMLPConfig
 
-__all__ = ["WEIGHTS_FORMAT", "Pretrained", "architecture", "default_path", "load_pretrained", "resolve_init", "save_weights"]
+__all__ = [
+    "WEIGHTS_FORMAT", "Pretrained", "architecture", "check_tensors", "default_path", "load_pretrained",
+    "network_shapes", "resolve_init", "save_weights",
+]
 
 WEIGHTS_FORMAT = 1
 """Version of the weights file's layout; a file of another version is refused with one line."""
@@ -105,8 +108,9 @@ def load_pretrained(path: Path | str, depth: DepthNetConfig, weights: WeightMLPC
 
     Raises:
         InputError (one line): a missing or unreadable file, a file that is not flowmap
-            weights (e.g. a run's resume checkpoint), another format version, or another
-            architecture.
+            weights (e.g. a run's resume checkpoint), another format version, another
+            architecture, or damaged weights (a tensor missing, of another shape, or
+            not finite: :func:`check_tensors`).
     """
     path = Path(path)
     if not path.is_file():
@@ -131,8 +135,40 @@ def load_pretrained(path: Path | str, depth: DepthNetConfig, weights: WeightMLPC
             f"--init {path}: the checkpoint's network ({_describe(state.get('architecture'))}) differs from this run's "
             f"({_describe(expected)}); use a checkpoint trained with the same network settings"
         )
+    for key, expected_shapes in network_shapes(depth, weights).items():
+        check_tensors(path, key, state.get(key), expected_shapes)
     digest = hashlib.sha256(blob).hexdigest()[:16]
     return Pretrained(state["depth_net"], state["weight_net"], digest, path, dict(state.get("meta") or {}))
+
+
+def network_shapes(depth: DepthNetConfig, weights: WeightMLPConfig) -> dict[str, dict[str, tuple[int, ...]]]:
+    """Name -> shape of every tensor of the two networks of these settings (what a
+    weights file must hold, under the keys ``depth_net`` and ``weight_net``)."""
+    from flowmap.model.depth import DepthNet
+    from flowmap.model.weights import CorrespondenceWeights
+
+    nets = {"depth_net": DepthNet(depth), "weight_net": CorrespondenceWeights(depth.feature_dim, weights)}
+    return {key: {name: tuple(t.shape) for name, t in net.state_dict().items()} for key, net in nets.items()}
+
+
+def check_tensors(path: Path, key: str, tensors, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Raise one line unless ``tensors`` holds exactly the tensors ``shapes`` names, each of
+    that shape and finite (a damaged file fails here, not in ``load_state_dict`` or an SVD)."""
+    fix = "retrain it with flowmap train (or --resume the training), or use --init default"
+    if not isinstance(tensors, dict):
+        raise InputError(f"--init {path}: the file holds no {key} weights; {fix}")
+    missing = sorted(set(shapes) - set(tensors))
+    extra = sorted(set(tensors) - set(shapes))
+    if missing or extra:
+        names = ", ".join((missing or extra)[:3])
+        raise InputError(f"--init {path}: {key} {'lacks' if missing else 'has unknown'} tensors ({names}); {fix}")
+    for name, shape in shapes.items():
+        value = tensors[name]
+        if not isinstance(value, torch.Tensor) or tuple(value.shape) != shape:
+            got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise InputError(f"--init {path}: {key}.{name} has shape {got}, expected {shape}; {fix}")
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise InputError(f"--init {path}: {key}.{name} holds NaN or infinite values; {fix}")
 
 
 def _describe(arch) -> str:

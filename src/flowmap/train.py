@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import platform
+import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -35,7 +36,7 @@ from tqdm.auto import tqdm
 from flowmap.checkpoint import fingerprint, load_checkpoint, save_checkpoint
 from flowmap.correspondences import CorrespondenceConfig
 from flowmap.correspondences.cache import load_or_compute
-from flowmap.errors import InputError, NumericalError
+from flowmap.errors import FlowmapError, InputError, NumericalError
 from flowmap.frames import (
     FrameConfig,
     load_frames,
@@ -43,11 +44,12 @@ from flowmap.frames import (
     source_names,
     working_shape,
 )
-from flowmap.io import atomic_write
+from flowmap.io import atomic_write, lock_out
 from flowmap.model.flowmap import FlowMapModel, VideoTensors
 from flowmap.objective import window_losses
 from flowmap.optimize import OptimConfig, descend, lr_factor, window_size, window_step
 from flowmap.pretrained import architecture, save_weights
+from flowmap.validate import validate_train
 
 __all__ = ["TrainConfig", "TrainResult", "TrainSource", "prepare_sources", "train"]
 
@@ -154,18 +156,6 @@ def prepare_sources(
     return sources
 
 
-def _check_distinct(train_paths: list[Path], val_paths: list[Path]) -> None:
-    """Refuse a source given twice, or both to train on and to validate on (before any decoding)."""
-    seen: dict[Path, str] = {}
-    for path, role in [(p, "training") for p in train_paths] + [(p, "validation") for p in val_paths]:
-        key = Path(path).resolve()
-        if key in seen:
-            if seen[key] != role:
-                raise InputError(f"{path} is both a training and a validation source; hold it out of one")
-            raise InputError(f"{path} is given twice as a {role} source; give each source once")
-        seen[key] = role
-
-
 def _val_batches(sources: list[TrainSource], cfg: TrainConfig) -> list[tuple[int, int, int, torch.Tensor, torch.Tensor]]:
     """Fixed (source, start, window, solve pixels, loss pixels) of the validation loss."""
     gen = torch.Generator().manual_seed(cfg.seed + 1)
@@ -225,33 +215,42 @@ def train(
         :class:`TrainResult`.
 
     Raises:
-        InputError: no sources, an unreadable source, an output that is not a ``.pt`` path.
+        InputError: no sources, a missing or unreadable source, an output that is not a
+            ``.pt`` path or lies below a file, a bad setting (:func:`flowmap.validate.validate_train`),
+            another process writing ``out``.
+        OutputError: the weights or the cache cannot be written (disk full, permissions).
         NumericalError: more than ``cfg.max_bad_steps`` non-finite steps.
     """
     cfg = cfg or TrainConfig()
     out = Path(out)
     val_paths = list(val_paths or [])
-    if not train_paths:
-        raise InputError("flowmap train needs at least one source (a video or a folder of frames)")
-    if out.suffix != ".pt":
-        raise InputError(f"-o {out}: the checkpoint must be a .pt file path, e.g. -o weights.pt")
-    if cfg.steps < 1:
-        raise InputError(f"--steps must be at least 1, got {cfg.steps}")
-    if out.is_dir():
-        raise InputError(f"-o {out} is a folder; give the path of a .pt file")
-    _check_distinct(list(train_paths), val_paths)
-    names = source_names([*train_paths, *val_paths])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    cache = out.parent / f"{out.name}.cache"
-    cache.mkdir(exist_ok=True)
+    validate_train(list(train_paths), val_paths, out, cfg)
+    with lock_out(out):
+        return _train_locked(list(train_paths), out, cfg, val_paths, device, resume, progress, command, stop_after)
 
+
+def _train_locked(
+    train_paths: list[Path],
+    out: Path,
+    cfg: TrainConfig,
+    val_paths: list[Path],
+    device: str,
+    resume: bool,
+    progress: bool,
+    command: str | None,
+    stop_after: int | None,
+) -> TrainResult:
+    """:func:`train` once its settings are valid and ``out`` is locked."""
+    names = source_names([*train_paths, *val_paths])
+    cache = out.parent / f"{out.name}.cache"
+    fresh = not cache.exists()
     t_prep = time.perf_counter()
     try:
-        sources = prepare_sources(list(train_paths), names[: len(train_paths)], cfg, cache, device, progress)
+        sources = prepare_sources(train_paths, names[: len(train_paths)], cfg, cache, device, progress)
         val_sources = prepare_sources(val_paths, names[len(train_paths) :], cfg, cache, device, progress)
-    except InputError:
-        if not any(cache.iterdir()):  # a bad source leaves nothing behind
-            cache.rmdir()
+    except FlowmapError:
+        if fresh:  # a bad source leaves nothing behind (a cache kept for --resume stays)
+            shutil.rmtree(cache, ignore_errors=True)
         raise
     prep_s = time.perf_counter() - t_prep
 

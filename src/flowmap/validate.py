@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from flowmap.correspondences import CorrespondenceConfig
     from flowmap.frames import FrameConfig
     from flowmap.pipeline import RunConfig
+    from flowmap.train import TrainConfig
 
 MIN_FRAMES = 3
 """Fewest frames a reconstruction can use (two flow pairs)."""
@@ -140,11 +141,27 @@ def resolve_device(name: str) -> str:
     return name
 
 
-def check_out_dir(out_dir: Path, overwrite: bool) -> None:
-    """Refuse an output path that is a file, or a non-empty folder without ``overwrite``."""
+def check_out_parent(out: Path) -> None:
+    """Refuse an output path below a file (``-o afile/out``): its folder could never be created."""
+    for parent in Path(out).absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise InputError(f"cannot write {out}: {parent} is a file, not a folder; choose an output path inside a folder")
+            return
+
+
+def check_out_folder(out_dir: Path) -> None:
+    """Refuse an output folder path that is a file or lies below one."""
     out_dir = Path(out_dir)
+    check_out_parent(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"output path {out_dir} is a file; give a folder path")
+
+
+def check_out_dir(out_dir: Path, overwrite: bool) -> None:
+    """Refuse an output path that is a file or below one, or a non-empty folder without ``overwrite``."""
+    out_dir = Path(out_dir)
+    check_out_folder(out_dir)
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
         raise InputError(f"output folder {out_dir} exists and is not empty; choose another or pass --overwrite")
 
@@ -154,6 +171,65 @@ def check_out_apart(source: Path, out: Path) -> None:
     src, dst = Path(source).resolve(), Path(out).resolve()
     if src == dst or dst in src.parents:
         raise InputError(f"output folder {out} holds the input {source}; choose an output folder elsewhere")
+
+
+def check_source(path: Path, role: str = "") -> None:
+    """Refuse a source (video or image folder) that does not exist; ``role`` prefixes the message."""
+    if not Path(path).exists():
+        raise InputError(f"{role}{path} does not exist; give a video file or a folder of images")
+
+
+def check_gt_dir(gt_dir: Path | None) -> None:
+    """Refuse a ground-truth folder (``--gt``) that is missing or cannot be read (None: no ground truth)."""
+    if gt_dir is None:
+        return
+    from flowmap.evaluation import read_ground_truth
+
+    read_ground_truth(Path(gt_dir))
+
+
+def check_lr(lr: float) -> None:
+    """Raise :class:`InputError` unless the learning rate is a finite positive number."""
+    if not (math.isfinite(lr) and lr > 0):
+        raise InputError(f"--lr must be a finite positive number, got {lr}; e.g. --lr 1e-3")
+
+
+def validate_train(train_paths: list[Path], val_paths: list[Path], out: Path, config: TrainConfig) -> None:
+    """Every check of ``flowmap train`` before a frame is decoded or a file written: the
+    sources (at least one, each present, none twice), the weights path and the settings.
+
+    Raises:
+        InputError: the first check that fails, as one line.
+    """
+    if not train_paths:
+        raise InputError("flowmap train needs at least one source (a video or a folder of frames)")
+    out = Path(out)
+    if out.suffix != ".pt":
+        raise InputError(f"-o {out}: the checkpoint must be a .pt file path, e.g. -o weights.pt")
+    if out.is_dir():
+        raise InputError(f"-o {out} is a folder; give the path of a .pt file")
+    check_out_parent(out)
+    if config.steps < 1:
+        raise InputError(f"--steps must be at least 1, got {config.steps}")
+    check_lr(config.lr)
+    check_frame_config(config.frames)
+    check_correspondence_config(config.correspondences)
+    for role, paths in (("training source ", train_paths), ("validation source ", val_paths)):
+        for path in paths:
+            check_source(path, role)
+    _check_distinct(list(train_paths), list(val_paths))
+
+
+def _check_distinct(train_paths: list[Path], val_paths: list[Path]) -> None:
+    """Refuse a source given twice, or both to train on and to validate on."""
+    seen: dict[Path, str] = {}
+    for path, role in [(p, "training") for p in train_paths] + [(p, "validation") for p in val_paths]:
+        key = Path(path).resolve()
+        if key in seen:
+            if seen[key] != role:
+                raise InputError(f"{path} is both a training and a validation source; hold it out of one")
+            raise InputError(f"{path} is given twice as a {role} source; give each source once")
+        seen[key] = role
 
 
 def validate_run(
@@ -182,6 +258,9 @@ def validate_run(
     check_refine_config(config.refine)
     check_threads(config.threads)
     device = resolve_device(config.device)
+    check_gt_dir(config.outputs.gt_dir)
+    if source is not None:
+        check_source(source)
     if out is not None:
         check_out_dir(out, overwrite)
         if source is not None:

@@ -28,6 +28,7 @@ import pycolmap
 from scipy.spatial.transform import Rotation
 
 from flowmap.camera import corner_uv, project_points, to_corner_origin
+from flowmap.io import write_image
 from flowmap.outputs.ply import depth_agreement, depth_point_cloud
 from flowmap.types import Frames, Reconstruction
 
@@ -86,8 +87,7 @@ def write_images(frames: Frames, directory: Path, jpeg_quality: int = 95) -> lis
             shutil.copyfile(original, path)
         else:
             params = [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)] if path.suffix.lower() in (".jpg", ".jpeg") else []
-            if not cv2.imwrite(str(path), cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2BGR), params):
-                raise OSError(f"could not write {path}; check the image name suffix and free disk space")
+            write_image(path, cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2BGR), params)
         paths.append(path)
     return paths
 

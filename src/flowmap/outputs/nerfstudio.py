@@ -29,11 +29,11 @@ import json
 import math
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from flowmap.camera import to_corner_origin
 from flowmap.errors import InputError
+from flowmap.io import write_image
 from flowmap.types import Frames, Reconstruction
 
 CV_TO_GL = np.diag([1.0, -1.0, -1.0, 1.0])
@@ -62,14 +62,13 @@ def write_depth_png(path: Path, depth: np.ndarray, unit: float) -> None:
     """Write a z-depth map as a 16-bit PNG holding ``round(depth / unit)`` (0 = no depth).
 
     Raises:
-        OSError: OpenCV could not write the file.
+        OSError: the file could not be written (disk full).
     """
     d = np.asarray(depth, np.float64)
     valid = np.isfinite(d) & (d > 0)
     png = np.zeros(d.shape, np.uint16)
     png[valid] = np.clip(np.round(d[valid] / unit), 0, UINT16_MAX).astype(np.uint16)
-    if not cv2.imwrite(str(path), png):
-        raise OSError(f"could not write {path}; check free disk space")
+    write_image(path, png)
 
 
 def write_transforms(

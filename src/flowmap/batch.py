@@ -224,9 +224,7 @@ def _connect(config: BatchConfig, jobs: int, threads: int):
         import ray
     except ImportError:
         raise InputError(INSTALL_HINT) from None
-    address = config.address or os.environ.get("RAY_ADDRESS") or None
-    if address is not None:
-        check_reachable(address)
+    address = ray_address(config)
     kwargs = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
     if address is None:
         kwargs.update(num_cpus=jobs * threads)
@@ -241,6 +239,11 @@ def _connect(config: BatchConfig, jobs: int, threads: int):
         if main and sigterm is not None:  # Ray's logging installs its own SIGTERM handler: keep the caller's
             signal.signal(signal.SIGTERM, sigterm)
     return ray, address
+
+
+def ray_address(config: BatchConfig) -> str | None:
+    """The Ray cluster of a batch: ``config.address``, else ``RAY_ADDRESS``, else None (a local Ray)."""
+    return config.address or os.environ.get("RAY_ADDRESS") or None
 
 
 def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
@@ -292,6 +295,9 @@ def run_batch(items: list[Path], out_root: Path, run_config: RunConfig, config: 
     check_out_folder(out_root)
     validate_run(None, None, run_config)
     jobs, threads = config.resolved(os.cpu_count() or 1)
+    address = ray_address(config)
+    if address is not None:
+        check_reachable(address)
     outs = {s.name: out_root / s.name for s in sources}
     if not (config.resume or config.overwrite):
         existing = [n for n, o in outs.items() if o.exists() and any(o.iterdir())]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from flowmap.errors import InputError, OutputError
-from flowmap.io import atomic_dir, atomic_write, clean_stale, lock_out
+from flowmap.io import atomic_dir, atomic_write, clean_stale, lock_out, scratch_dir
 
 
 def dead_pid() -> int:
@@ -143,3 +143,23 @@ def test_every_write_helper_turns_a_full_disk_into_one_line(tmp_path, monkeypatc
     with pytest.raises(OutputError, match="No space left on device"):
         with lock_out(tmp_path / "OUT"):
             pass
+
+
+def test_a_scratch_folder_at_a_chosen_path_replaces_what_a_killed_process_left_and_goes_at_the_end(tmp_path):
+    """scratch_dir(OUT.cache/refine): stale content is removed first, the folder is removed
+    when the block ends or raises (only a SIGKILL leaves it, inside OUT.cache)."""
+    work = tmp_path / "OUT.cache" / "refine"
+    work.mkdir(parents=True)
+    (work / "database.db").write_bytes(b"a killed run's COLMAP database")
+    with scratch_dir(work) as folder:
+        assert folder == work and list(work.iterdir()) == []
+        (folder / "database.db").write_bytes(b"x")
+    assert not work.exists() and (tmp_path / "OUT.cache").is_dir()
+    with pytest.raises(KeyboardInterrupt):
+        with scratch_dir(work) as folder:
+            (folder / "database.db").write_bytes(b"x")
+            raise KeyboardInterrupt
+    assert not work.exists()
+    with scratch_dir(None, prefix="flowmap-test-") as folder:
+        assert folder.is_dir() and folder.name.startswith("flowmap-test-")
+    assert not folder.exists()

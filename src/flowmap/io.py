@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -225,3 +226,34 @@ def lock_out(out: Path | str) -> Iterator[Path]:
         yield path
     finally:
         lock.release()
+
+
+@contextmanager
+def scratch_dir(path: Path | str | None, prefix: str = "flowmap-") -> Iterator[Path]:
+    """A working folder for the block, removed when the block ends (normally, by an
+    exception or by Ctrl-C / SIGTERM).
+
+    Args:
+        path: where it goes, e.g. inside a run's ``OUT.cache`` so that only a SIGKILL can
+            leave it, and then where the run's own cleanup and ``--resume`` find it; what
+            a killed process left there is removed first. None: a new folder in the
+            system's temporary directory (:class:`tempfile.TemporaryDirectory`).
+        prefix: the name prefix of a folder in the temporary directory.
+
+    Raises:
+        OutputError: the folder cannot be created (disk full, permissions).
+    """
+    if path is None:
+        with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+            yield Path(tmp)
+        return
+    path = Path(path)
+    try:
+        shutil.rmtree(path, ignore_errors=True)
+        path.mkdir(parents=True)
+    except OSError as exc:
+        raise output_error(path, exc) from exc
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

@@ -10,6 +10,7 @@ which returns a well-formed reconstruction at once.
 from __future__ import annotations
 
 import json
+import os
 import math
 import signal
 import subprocess
@@ -450,10 +451,10 @@ def test_failed_write_leaves_no_out_and_keeps_an_old_one(tmp_path, moving, monke
     assert sorted(p.name for p in out.iterdir()) == ["poses.txt"]
 
 
-KILL_MID_WRITE = r"""
+KILL_AT = r"""
 import os, signal, sys
 sys.path.insert(0, {tests!r})
-import flowmap.outputs, flowmap.pipeline
+import flowmap.outputs, flowmap.pipeline, flowmap.refine.core
 from flowmap.cli import app
 from test_inputs import fake_finetune, fake_fit, fake_solve
 
@@ -463,20 +464,40 @@ def die(*args, **kwargs):
 flowmap.pipeline.fit = fake_fit
 flowmap.pipeline.solve = fake_solve
 flowmap.pipeline.finetune_depth = fake_finetune
-flowmap.outputs.write_transforms = die
+{target} = die
 app(["run", {source!r}, "-o", {out!r}, "--steps", "5", "--pixel-budget", "3072", "--quiet"])
 """
+"""A run whose function ``target`` kills the process (SIGKILL) when called."""
 
 
 def test_process_killed_while_writing_leaves_no_out(tmp_path, moving):
     out = tmp_path / "OUT"
-    script = KILL_MID_WRITE.format(tests=str(Path(__file__).parent), source=str(moving), out=str(out))
+    script = KILL_AT.format(tests=str(Path(__file__).parent), source=str(moving), out=str(out), target="flowmap.outputs.write_transforms")
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     assert not out.exists()
     tmp = [p for p in tmp_path.iterdir() if p.name.startswith("OUT.tmp-")]
     assert len(tmp) == 1 and (tmp[0] / "poses.txt").is_file()  # the partial files stay out of OUT's way
     assert not (tmp[0] / "summary.json").exists()
+
+
+def test_a_run_killed_in_the_refinement_leaves_colmaps_folder_only_in_its_cache(tmp_path, moving, monkeypatch):
+    """Issue 27.9: COLMAP's working folder (frames, database) lives in OUT.cache/refine,
+    not in the system's temporary directory, and the next run removes it."""
+    out, system_tmp = tmp_path / "OUT", tmp_path / "system-tmp"
+    system_tmp.mkdir()
+    # killed after the frames and features are written, while matching
+    script = KILL_AT.format(tests=str(Path(__file__).parent), source=str(moving), out=str(out), target="flowmap.refine.core.features.match_pairs")
+    env = {**os.environ, "TMPDIR": str(system_tmp)}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    work = tmp_path / "OUT.cache" / "refine"
+    assert (work / "database.db").is_file()
+    assert not [p for p in system_tmp.iterdir() if p.name.startswith("flowmap-refine-")]
+    fake_stages(monkeypatch)
+    result = run(moving, "-o", out, *FAST)
+    assert result.exit_code == 0, result.output
+    assert not (tmp_path / "OUT.cache").exists()
 
 
 def test_sigterm_then_resume_matches_an_uninterrupted_run(tmp_path):

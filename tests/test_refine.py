@@ -79,6 +79,48 @@ def test_refine_recovers_perturbed_synthetic_cameras(scene):
     assert all(r["iterations"] >= 1 and r["seconds"] > 0 and r["num_residuals"] > 0 for r in rounds)
 
 
+def test_the_colmap_refinement_stays_selectable(scene):
+    """``--refine colmap`` (COLMAP's DSP-SIFT, the refinement before issue 23) still
+    recovers the perturbed cameras, and it really extracts with COLMAP."""
+    gt = _anchor(scene.c2w)
+    start = _perturb(scene.c2w, rot_deg=1.0, trans=0.03, seed=1)
+    cfg = RefineConfig.colmap()
+    assert cfg.features == "colmap" and cfg.sift_dsp and cfg.filter_max_error_px == 4.0
+    res = refine(scene.images, start, scene.K, scene.depth[:, ::2, ::2], cfg, progress=False)
+    after = evaluate(res.c2w, gt, res.K[0, 0], scene.K[0, 0])
+    assert res.applied and after["ate_paper"] < 5e-4 and after["focal_rel_error"] < 0.015
+
+
+def test_opencv_sift_lands_on_colmaps_keypoints(scene, tmp_path):
+    """The fast refinement's OpenCV SIFT, written in COLMAP's conventions, finds its
+    keypoints where COLMAP's own SIFT finds them (pixel centre at +0.5: a half-pixel
+    slip would show as a 0.5 px offset) and stores RootSIFT descriptors as COLMAP does."""
+    import pycolmap
+
+    from flowmap.refine.colmap_io import extract_sift, sift_options
+    from flowmap.refine.features import _opencv_sift, write_images
+    from scipy.spatial import cKDTree
+
+    image = scene.images[3]
+    names = write_images(image[None], tmp_path / "im")
+    extract_sift(tmp_path / "db.db", tmp_path / "im", names, "SIMPLE_PINHOLE", sift_options(1, 8192))
+    db = pycolmap.Database.open(tmp_path / "db.db")
+    try:
+        theirs = db.read_keypoints(db.read_all_images()[0].image_id)[:, :2]
+    finally:
+        db.close()
+    ours, desc = _opencv_sift(image, 8192, RefineConfig().sift_peak_threshold)
+    assert len(ours) > 200 and len(theirs) > 200
+    dist, idx = cKDTree(theirs).query(ours[:, :2])
+    near = dist < 0.5
+    assert near.mean() > 0.5  # most keypoints are the same blobs
+    offset = np.median(ours[near, :2] - theirs[idx[near]], axis=0)
+    assert np.all(np.abs(offset) < 0.05)
+    assert desc.dtype == np.uint8 and desc.shape == (len(ours), 128)
+    norms = np.linalg.norm(desc.astype(np.float64) / 512.0, axis=1)  # RootSIFT rows: unit L2 before rounding
+    assert np.all((norms > 0.9) & (norms < 1.02))
+
+
 def _garbage_cameras(n: int) -> np.ndarray:
     """(n, 4, 4) random cameras (frame 0 = identity): a start no adjustment can walk out of."""
     rng = np.random.default_rng(1)

@@ -18,7 +18,10 @@ import typer
 
 from flowmap.errors import FlowmapError, InputError
 
-REFINE_HELP = "Global refinement of the cameras: colmap (SIFT matches + bundle adjustment, default) | none."
+REFINE_HELP = (
+    "Global refinement of the cameras: fast (OpenCV SIFT, COLMAP matching + bundle adjustment, default) | "
+    "colmap (COLMAP's DSP-SIFT, the slower refinement of flowmap 0.1) | none."
+)
 CAMERA_MODEL_HELP = "Camera the refinement adjusts: SIMPLE_PINHOLE (one focal) | PINHOLE (fx, fy)."
 THREADS_HELP = "CPU threads (torch, OpenCV and COLMAP; default: the cores other processes leave idle). 1 makes a CPU run bit-reproducible."
 
@@ -29,13 +32,16 @@ PIXEL_BUDGET = typer.Option(43200, help="Working resolution in pixels (h*w), asp
 FOCAL = typer.Option(None, help="Known focal length in pixels of the input frames.")
 STEPS = typer.Option(None, help="Optimisation steps (default: see README).")
 SEED = typer.Option(0, help="Random seed.")
-REFINE = typer.Option("colmap", help=REFINE_HELP)
+REFINE = typer.Option("fast", help=REFINE_HELP)
 CAMERA_MODEL = typer.Option("SIMPLE_PINHOLE", help=CAMERA_MODEL_HELP)
 INIT_HELP = (
     "Where the networks start: default (the checkpoint shipped with flowmap, trained across videos) | "
     "none (random weights) | PATH (a checkpoint of flowmap train)."
 )
-INIT = typer.Option("none", help=INIT_HELP)
+INIT = typer.Option("default", help=INIT_HELP)
+SCRATCH_STEPS = 100
+"""Descent steps without --steps when the networks start from random weights (--init none);
+from the shipped network (the default) OptimConfig's 25 (see its docstring)."""
 
 app = typer.Typer(
     add_completion=False,
@@ -87,10 +93,10 @@ def _run_config(
     resume: bool = False,
     colmap_text: bool = False,
     gt: Optional[Path] = None,
-    refine: str = "colmap",
+    refine: str = "fast",
     camera_model: str = "SIMPLE_PINHOLE",
     threads: Optional[int] = None,
-    init: str = "none",
+    init: str = "default",
     finetune_steps: Optional[int] = None,
 ):
     """The flags of ``run`` / ``demo`` / ``bench`` / ``batch`` as a :class:`flowmap.pipeline.RunConfig`."""
@@ -109,6 +115,8 @@ def _run_config(
     cfg.outputs.gt_dir = gt
     if steps is not None:
         cfg.optim.steps = steps
+    elif cfg.init == "none":
+        cfg.optim.steps = SCRATCH_STEPS
     if finetune_steps is not None:
         if finetune_steps < 0:
             raise InputError(f"--finetune-steps must be >= 0, got {finetune_steps}")
@@ -320,7 +328,7 @@ def bench(
     no_flowmap: bool = typer.Option(False, help="Run COLMAP only."),
     matcher: str = typer.Option("auto", help="COLMAP matcher: auto | sequential | exhaustive"),
     colmap_threads: int = typer.Option(-1, help="CPU threads COLMAP may use (-1: all)."),
-    refine: str = typer.Option("colmap", help=REFINE_HELP),
+    refine: str = typer.Option("fast", help=REFINE_HELP),
     init: str = INIT,
     debug: bool = typer.Option(False, help="Show tracebacks."),
 ):

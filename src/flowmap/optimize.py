@@ -47,14 +47,19 @@ class OptimConfig:
     """Model, objective and schedule.
 
     Attributes:
-        steps: Adam steps. 100, not METHOD.md's 2000: the global refinement
-            (:mod:`flowmap.refine`) only needs a start in its basin. Refined ATE (paper)
-            from 50 / 100 / 300-step starts on the shared sequences (README, "Steps"):
-            equal within run-to-run noise on fountain-P11, tum-office, llff-fern,
-            castle-P30 and tum-rpy; fox 0.00028 / 0.00025-0.00026 / 0.00023-0.00024
-            (COLMAP 0.00025), where the difference follows the pose-guided pair set
-            (exhaustive pairs from the 300-step start also gave 0.00026). 100 steps cost
-            15 s on 2 cores against 40-45 s for 300. Use 2000 with ``--refine none``.
+        steps: Adam steps. 25, not METHOD.md's 2000: the global refinement
+            (:mod:`flowmap.refine`) only needs a start in its basin, and the default
+            start is the shipped network (``--init default``, trained across videos).
+            Refined ATE (paper) from 25-step starts of the shipped network, fast
+            refinement, against COLMAP incremental's (issue 23, 2026-12-04):
+            castle-P30 0.91x, fountain-P11 0.75x, fox 1.0x, llff-fern 0.94x,
+            tum-office 0.97x, tum-rpy 0.93x COLMAP global's; focal errors within
+            COLMAP's + 0.3 points. No descent at all (``--steps 0``, the network's
+            feed-forward cameras) was not enough: fountain-P11's focal came out 52 % off
+            and the refinement's 2x bound rejected the corrected one, castle-P30's
+            refined ATE was 0.027. From scratch (``--init none``) 25 steps are too few
+            (fox's refinement was rejected); the CLI then uses 100 (README, "Steps").
+            Use 2000 with ``--refine none``.
         lr: peak learning rate of the networks.
         focal_lr: learning rate of the learned log-focal.
         warmup_fraction: linear warm-up as a fraction of the steps.
@@ -70,7 +75,7 @@ class OptimConfig:
         depth, weights, focal, objective: component settings.
     """
 
-    steps: int = 100
+    steps: int = 25
     lr: float = 1e-3
     focal_lr: float = 3e-3
     warmup_fraction: float = 0.05

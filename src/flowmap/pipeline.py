@@ -78,10 +78,12 @@ class RunConfig:
         outputs: what is written to OUT (when a run has one).
         overwrite: replace a non-empty OUT (only once the new one is complete).
         resume: continue from the cache of an interrupted run with the same settings.
-        init: where the networks start (``--init``): "none" (random weights, scratch
-            training as in the FlowMap paper), "default" (the checkpoint shipped in the
-            package, trained across videos by ``flowmap train``; :mod:`flowmap.pretrained`)
-            or the path of a checkpoint ``flowmap train`` wrote.
+        init: where the networks start (``--init``): "default" (the checkpoint shipped
+            in the package, trained across videos by ``flowmap train``;
+            :mod:`flowmap.pretrained`; the default since issue 23, with 25 descent
+            steps), "none" (random weights, scratch training as in the FlowMap paper:
+            give it more steps, the CLI uses 100) or the path of a checkpoint
+            ``flowmap train`` wrote.
         threads: CPU threads of the run (torch's intra-op threads and OpenCV's during the
             run, and COLMAP's in the refinement); None: the cores that other processes
             leave idle when the run starts, at most torch's default (all cores, or
@@ -104,7 +106,7 @@ class RunConfig:
     outputs: OutputConfig = field(default_factory=OutputConfig)
     overwrite: bool = False
     resume: bool = False
-    init: str = "none"
+    init: str = "default"
     threads: int | None = None
 
     def to_dict(self) -> dict:
@@ -277,7 +279,8 @@ def _reconstruct(
     refined = None
     if config.refine is not None:
         t0 = time.perf_counter()
-        refined = _refine(frames, solution, config.refine, config.progress, warnings)
+        work_dir = None if cache is None else cache / "refine"  # a killed run leaves it where cleanup and --resume see it
+        refined = _refine(frames, solution, config.refine, config.progress, warnings, work_dir)
         timings["refine_s"] = time.perf_counter() - t0
     depth = solution.depth
     if refined is not None:
@@ -298,12 +301,13 @@ def _reconstruct(
 
 
 def _refine(
-    frames: Frames, solution: Solution, config: RefineConfig, progress: bool, warnings: list[str]
+    frames: Frames, solution: Solution, config: RefineConfig, progress: bool, warnings: list[str], work_dir: Path | None = None
 ) -> Refinement | None:
-    """The refinement stage on the input frames; None (FlowMap's cameras kept, with a
+    """The refinement stage on the input frames (COLMAP's working folder at ``work_dir``,
+    None: the system's temporary directory); None (FlowMap's cameras kept, with a
     warning) where COLMAP itself fails on this input."""
     try:
-        refined = refine(frames.images, solution.c2w, solution.K, solution.depth, config, progress=progress)
+        refined = refine(frames.images, solution.c2w, solution.K, solution.depth, config, progress=progress, work_dir=work_dir)
     except (RuntimeError, ValueError) as exc:
         warnings.append(f"the global refinement failed ({exc}); FlowMap's cameras are kept")
         return None

@@ -89,14 +89,16 @@ def check_correspondence_config(cfg: CorrespondenceConfig) -> None:
         raise InputError("track query_every, grid and radius must be at least 1")
 
 
-REFINE_MODES = ("colmap", "none")
+REFINE_MODES = ("fast", "colmap", "none")
 
 
 def refine_config(mode: str, camera_model: str = "SIMPLE_PINHOLE") -> RefineConfig | None:
     """The refinement settings of ``--refine MODE --camera-model MODEL``.
 
     Returns:
-        A :class:`flowmap.refine.RefineConfig` for "colmap", None for "none" (no refinement).
+        A :class:`flowmap.refine.RefineConfig`: its defaults for "fast" (OpenCV SIFT),
+        :meth:`~flowmap.refine.RefineConfig.colmap` for "colmap" (COLMAP's DSP-SIFT, the
+        refinement before issue 23); None for "none" (no refinement).
 
     Raises:
         InputError: an unknown mode or camera model.
@@ -105,7 +107,7 @@ def refine_config(mode: str, camera_model: str = "SIMPLE_PINHOLE") -> RefineConf
         raise InputError(f"unknown --refine {mode!r}; use one of {', '.join(REFINE_MODES)}")
     if mode == "none":
         return None
-    config = RefineConfig(camera_model=camera_model)
+    config = RefineConfig(camera_model=camera_model) if mode == "fast" else RefineConfig.colmap(camera_model=camera_model)
     check_refine_config(config)
     return config
 

@@ -7,25 +7,45 @@ from dataclasses import dataclass, field
 import numpy as np
 
 CAMERA_MODELS = ("SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL")
+FEATURES = ("opencv", "colmap")
 
 
 @dataclass(frozen=True)
 class RefineConfig:
     """Settings of :func:`flowmap.refine.refine`.
 
-    Features (COLMAP SIFT, Schönberger & Frahm CVPR 2016):
-        max_num_features: SIFT keypoints per frame (cap; COLMAP's default 8192). Measured
-            from the 300-step starts (3 seeds): fountain-P11's ATE 0.00020-0.00021 with
-            4096 -> 0.00018 with 8192 at the same extraction time; castle-P30, fox,
-            llff-fern and tum-office unchanged (fox never reaches 4096 per frame).
+    The defaults are the fast refinement (``--refine fast``, issue 23): OpenCV SIFT, a
+    linear pair graph above 12 frames, the global mapper's light variant when FlowMap's
+    chain disagrees with the verified pairs, and a 2 px inlier bound. The refinement of
+    flowmap 0.1 before it (COLMAP's DSP-SIFT, 8192 features, 4 px) is
+    :meth:`RefineConfig.colmap` (``--refine colmap``). Measured from 25-step starts of
+    the shipped network on the six shared sequences (``benchmarks/refine_eval.py``,
+    2026-12-04): every refined ATE within 0.75-1.0x COLMAP incremental's (tum-rpy 0.93x
+    COLMAP global's), every focal error within COLMAP's + 0.3 points.
+
+    Features (SIFT, Lowe IJCV 2004; matching and verification by COLMAP, Schönberger &
+    Frahm CVPR 2016):
+        features: "opencv": OpenCV's SIFT on the 2x upsampled frame (precise upscaling,
+            RootSIFT descriptors) written into COLMAP's database, about a third of
+            COLMAP's extraction time at the same keypoint precision (0.8 s against 2.5 s
+            for tum-office's 17 frames); "colmap": COLMAP's own SIFT with the sift_*
+            options below (DSP-SIFT by default, twice COLMAP's plain cost again).
+            COLMAP's SIFT without upsampling (``sift_first_octave`` 0, as cheap as
+            OpenCV's) lost accuracy: tum-office ATE 0.00129 (1.23x COLMAP's), llff-fern
+            0.00121 (1.57x) and focal 3.0 %; aligning its keypoints along each track by
+            Lucas-Kanade did not recover it (0.00114-0.00119, 0.00116-0.00121).
+        max_num_features: SIFT keypoints per frame (cap). 4096: OpenCV finds fewer than
+            that on most frames here; 8192 with a lower threshold gave 2.5x the tracks,
+            twice the matching and adjustment time and no better ATE.
         max_image_side: longest side in pixels at which SIFT runs (None: input resolution);
             COLMAP rescales keypoints back to input pixels.
         sift_first_octave: COLMAP's first_octave (-1: the image is upsampled 2x first, as
             COLMAP's default; 0: input resolution, about 3x cheaper extraction).
-        sift_peak_threshold: DoG peak threshold (COLMAP default 0.02 / octave_resolution);
-            lower finds more, weaker keypoints.
-        sift_dsp: domain-size pooling (DSP-SIFT, Dong & Soatto CVPR 2015) descriptors.
-            On by default: measured from the 300-step starts, ATE (paper) tum-office
+        sift_peak_threshold: DoG peak threshold (COLMAP default 0.02 / octave_resolution;
+            for OpenCV, contrastThreshold = 6x this, the same test); lower finds more,
+            weaker keypoints.
+        sift_dsp: domain-size pooling (DSP-SIFT, Dong & Soatto CVPR 2015) descriptors
+            (``features`` "colmap" only). On there: measured from the 300-step starts, ATE (paper) tum-office
             0.00113 -> 0.00095-0.00098 (3 runs), llff-fern 0.00074 -> 0.00069-0.00073,
             at about 2x the extraction time with ``sift_dsp_scales`` 4. first_octave 0
             instead (3x cheaper) lost accuracy: fern 0.00074 -> 0.00116, office 0.00128.
@@ -37,9 +57,11 @@ class RefineConfig:
         verify_max_error_px: RANSAC inlier threshold (pixels) of the two-view verification
             (COLMAP default 4).
     Pair graph (chosen from the FlowMap cameras, see :mod:`flowmap.refine.pairs`):
-        exhaustive_max_frames: all pairs when N is at most this (20: fern's focal was
-            1.62 % exhaustive vs 1.72 % on the graph; castle-P30's 435 pairs -> 163 on
-            the graph cut matching 23 s -> 6-8 s with ATE 0.00112 -> 0.00076-0.00102).
+        exhaustive_max_frames: all pairs when N is at most this (12: llff-fern's 20
+            frames on the graph, 182 pairs instead of 190 then, 106 with
+            ``temporal_window`` 3 and ``max_pairs_per_frame`` 4, where fox lost its
+            re-initialisation: ATE 0.048; castle-P30's 435 pairs -> 163 on the graph cut
+            matching 23 s -> 6-8 s with ATE 0.00112 -> 0.00076-0.00102).
         temporal_window: always match frames i, i +- 1 .. k.
         max_axis_angle_deg: a non-temporal pair needs optical axes closer than this.
         min_overlap: fraction of frame i's depth samples that land inside frame j (and the
@@ -58,7 +80,8 @@ class RefineConfig:
             global adjustment does, measured better on tum-office (ATE 0.00110 ->
             0.00096, focal 1.50 -> 1.30 %).
         filter_max_error_px: observations beyond this reprojection error are removed
-            after each round.
+            after each round (2 px with OpenCV's keypoints: fountain-P11's ATE 0.00023 ->
+            0.00015, none of the six worse; 4 px, COLMAP's default, for ``colmap``).
         min_tri_angle_deg: minimum triangulation angle of kept points.
     Re-initialisation (GLOMAP, Pan et al. ECCV 2024, pycolmap.global_mapping):
         reinit: "auto" (when FlowMap's relative rotations disagree with the verified
@@ -89,6 +112,9 @@ class RefineConfig:
         reinit_light_from_frames: from this many frames on, the global mapper runs with
             one adjustment round and no re-triangulation (the full mapper took 207 s of
             a loaded machine on tum-rpy-long's 229 frames, more than COLMAP's whole run).
+            0 (always light) with the fast defaults: the rounds below adjust to
+            convergence anyway (castle-P30 0.00098 against 0.00097 with the full mapper,
+            in a third of its time).
         reinit_retriangulate: let the global mapper re-triangulate before its last
             adjustment (the rounds below re-triangulate from the matches anyway).
     Safety:
@@ -126,7 +152,8 @@ class RefineConfig:
         seed: COLMAP random seed.
     """
 
-    max_num_features: int = 8192
+    features: str = "opencv"
+    max_num_features: int = 4096
     max_image_side: int | None = None
     sift_first_octave: int = -1
     sift_peak_threshold: float = 0.02 / 3
@@ -135,7 +162,7 @@ class RefineConfig:
     sift_affine: bool = False
     guided_matching: bool = False
     verify_max_error_px: float = 4.0
-    exhaustive_max_frames: int = 20
+    exhaustive_max_frames: int = 12
     temporal_window: int = 5
     max_axis_angle_deg: float = 60.0
     min_overlap: float = 0.3
@@ -148,7 +175,7 @@ class RefineConfig:
     loss: str = "cauchy"
     loss_scale: float = 1.0
     final_loss: str | None = "trivial"
-    filter_max_error_px: float = 4.0
+    filter_max_error_px: float = 2.0
     min_tri_angle_deg: float = 1.5
     reinit: str = "auto"
     reinit_rotation_deg: float = 3.0
@@ -156,7 +183,7 @@ class RefineConfig:
     reinit_frame_before_deg: float = 10.0
     reinit_ba_rounds: int = 3
     reinit_retriangulate: bool = True
-    reinit_light_from_frames: int = 100
+    reinit_light_from_frames: int = 0
     min_observations_per_frame: int = 20
     max_jump: float = 0.5
     max_focal_ratio: float = 1.5
@@ -169,8 +196,21 @@ class RefineConfig:
     num_threads: int = 2
     seed: int = 0
 
+    @classmethod
+    def colmap(cls, **overrides) -> "RefineConfig":
+        """The refinement of flowmap 0.1 (``--refine colmap``): COLMAP's DSP-SIFT, 8192
+        features, all pairs up to 20 frames, 4 px inlier bound, the full global mapper
+        below 100 frames; ``overrides`` replace single settings."""
+        settings = dict(
+            features="colmap", max_num_features=8192, exhaustive_max_frames=20, filter_max_error_px=4.0, reinit_light_from_frames=100
+        )
+        settings.update(overrides)
+        return cls(**settings)
+
     def check(self) -> None:
         """Raise ValueError on an invalid setting."""
+        if self.features not in FEATURES:
+            raise ValueError(f"features must be one of {FEATURES}, got {self.features!r}")
         if self.camera_model not in CAMERA_MODELS:
             raise ValueError(f"camera_model must be one of {CAMERA_MODELS}, got {self.camera_model!r}")
         if self.loss not in ("cauchy", "soft_l1", "huber", "trivial") or self.final_loss not in (None, "cauchy", "soft_l1", "huber", "trivial"):

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 from flowmap.camera import K_at
+from flowmap.io import scratch_dir
 from flowmap.refine import adjust, depth as depth_mod, features, pairs as pairs_mod, reinit as reinit_mod
 from flowmap.refine.colmap_io import camera_K, quiet_colmap, transform_c2w, umeyama
 from flowmap.refine.config import RefineConfig, Refinement
@@ -45,7 +45,9 @@ def _fallback(c2w, K, n, stats, warnings, message) -> Refinement:
     return Refinement(c2w.copy(), K.copy(), np.ones(n), np.zeros((0, 3)), np.zeros((0, 3), np.uint8), stats, warnings, applied=False, depth=None)
 
 
-def refine(images, c2w, K, depth, config: RefineConfig = RefineConfig(), progress: bool = True) -> Refinement:
+def refine(
+    images, c2w, K, depth, config: RefineConfig = RefineConfig(), progress: bool = True, work_dir: Path | None = None
+) -> Refinement:
     """Refine FlowMap's cameras with SIFT matches, triangulation and bundle adjustment.
 
     Pipeline (all geometry by COLMAP through pycolmap, Schönberger & Frahm CVPR 2016):
@@ -67,6 +69,10 @@ def refine(images, c2w, K, depth, config: RefineConfig = RefineConfig(), progres
         depth: (N, h, w) float32 z-depth at the working resolution, same scale as c2w.
         config: :class:`RefineConfig`.
         progress: print one line per sub-step to stderr.
+        work_dir: COLMAP's working folder (frames, database), emptied first and removed
+            at the end (:func:`flowmap.io.scratch_dir`); None: a new folder in the
+            system's temporary directory. A run puts it in its ``OUT.cache`` so that a
+            killed run leaves it only where the run's own cleanup and ``--resume`` see it.
 
     Returns:
         :class:`Refinement` in FlowMap's frame: c2w[0] = I and the trajectory's scale
@@ -107,15 +113,17 @@ def refine(images, c2w, K, depth, config: RefineConfig = RefineConfig(), progres
     f_before = 0.5 * (K[0, 0] + K[1, 1])
     stats["focal_before"] = float(f_before)
 
-    with tempfile.TemporaryDirectory(prefix="flowmap-refine-") as tmp, quiet_colmap(False):
+    with scratch_dir(work_dir, prefix="flowmap-refine-") as work, quiet_colmap(False):
         import pycolmap
 
         pycolmap.set_random_seed(config.seed)
-        work = Path(tmp)
         image_dir, db = work / "images", work / "database.db"
         t0 = time.perf_counter()
         names = features.write_images(images, image_dir)
-        features.extract(db, image_dir, names, K, config)
+        if config.features == "opencv":
+            features.extract_opencv(db, image_dir, names, images, K, config)
+        else:
+            features.extract(db, image_dir, names, K, config)
         sec["features_s"] = time.perf_counter() - t0
         say(f"SIFT on {n} frames: {sec['features_s']:.1f} s")
 

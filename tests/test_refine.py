@@ -204,9 +204,18 @@ def test_pair_graph_is_linear_in_frames():
     assert "exhaustive" in reason and len(small) == cfg.exhaustive_max_frames * (cfg.exhaustive_max_frames - 1) // 2
 
 
+def test_long_videos_stop_the_adjustment_rounds_earlier():
+    from flowmap.refine.adjust import round_cap
+
+    cfg = RefineConfig()
+    assert round_cap(cfg, cfg.long_from_frames - 1) == cfg.rounds > cfg.rounds_long
+    assert round_cap(cfg, cfg.long_from_frames) == cfg.rounds_long
+    assert round_cap(RefineConfig.colmap(), 229) == 4  # the refinement before issue 23: no early stop
+
+
 def test_refine_config_rejects_bad_new_settings():
     for bad in ({"sift_first_octave": 3}, {"sift_dsp_scales": 0}, {"converge_tol": 0.0}, {"reinit_ba_rounds": 0}, {"temporal_window": 0},
-                {"max_frame_disagreement_deg": 0.0}):
+                {"max_frame_disagreement_deg": 0.0}, {"features": "orb"}, {"rounds_long": 0}):
         with pytest.raises(ValueError):
             RefineConfig(**bad).check()
 

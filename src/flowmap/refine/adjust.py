@@ -156,17 +156,25 @@ def filter_points(rec, cfg) -> int:
     return int(pycolmap.ObservationManager(rec).filter_all_points3D(cfg.filter_max_error_px, cfg.min_tri_angle_deg))
 
 
+def round_cap(cfg, n_frames: int) -> int:
+    """The most adjustment rounds for ``n_frames`` frames: ``cfg.rounds``, or
+    ``cfg.rounds_long`` (if smaller) from ``cfg.long_from_frames`` frames on."""
+    return min(cfg.rounds, cfg.rounds_long) if n_frames >= cfg.long_from_frames else cfg.rounds
+
+
 def adjust_rounds(rec, database: Path, image_dir: Path, workdir: Path, names: list[str], cfg, timings: dict) -> tuple[object, list[dict]]:
     """Rounds of adjust -> filter -> re-triangulate until the cameras stop moving.
 
     Stops early when a round moves no camera centre by more than ``cfg.converge_tol`` of
-    the trajectory extent and the focal by less than ``cfg.converge_tol`` relative.
+    the trajectory extent and the focal by less than ``cfg.converge_tol`` relative; at
+    most :func:`round_cap` rounds.
 
     Returns:
         (reconstruction after the last adjustment and filtering, per-round records).
     """
     records = []
-    for r in range(cfg.rounds):
+    cap = round_cap(cfg, len(names))
+    for r in range(cap):
         before = poses(rec, names)
         f_before = float(rec.cameras[next(iter(rec.cameras))].mean_focal_length())
         t0 = time.perf_counter()
@@ -182,7 +190,7 @@ def adjust_rounds(rec, database: Path, image_dir: Path, workdir: Path, names: li
         records.append(info)
         converged = move < cfg.converge_tol and abs(f_after - f_before) < cfg.converge_tol * f_before
         info["converged"] = bool(converged)
-        if converged or r == cfg.rounds - 1:
+        if converged or r == cap - 1:
             break
         t0 = time.perf_counter()
         rec = triangulate(rec, database, image_dir, workdir, cfg)

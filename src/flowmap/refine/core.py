@@ -221,7 +221,7 @@ def refine(
         last = rounds[-1]
         n_rounds = sum(1 for r in rounds if r["round"] != "final")
         stats["termination"] = (
-            f"converged after {n_rounds} rounds" if last.get("converged") else f"round cap ({config.rounds}) reached, cameras still moving"
+            f"converged after {n_rounds} rounds" if last.get("converged") else f"round cap ({adjust.round_cap(config, n)}) reached, cameras still moving"
         ) + f", last Ceres: {last['termination']}"
         s1 = adjust.reprojection_stats(rec)
         stats.update(tracks=s1["points"], observations=s1["observations"], reproj_px_after=s1["reproj_px"])

@@ -192,6 +192,19 @@ def test_bench_rejects_a_folder_without_ground_truth(tmp_path):
         run_bench([tmp_path / "seq"], tmp_path / "out")
 
 
+def test_two_benches_into_one_folder_are_refused(tmp_path):
+    """A second bench writing the same results folder is refused before any work (two
+    benches into one folder removed each other's flowmap caches mid-run)."""
+    from flowmap.io import lock_out
+    from flowmap.synthetic import make_scene, write_sequence
+
+    seq = write_sequence(make_scene(n_frames=4, height=48, width=64, seed=0), tmp_path / "seq")
+    with lock_out(tmp_path / "out"):
+        with pytest.raises(InputError, match="another flowmap process is writing"):
+            run_bench([seq], tmp_path / "out", colmap=False)
+    assert not (tmp_path / "out").exists()
+
+
 def test_bench_commands_report_bad_input_in_one_line(tmp_path):
     import importlib.util
 

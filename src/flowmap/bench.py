@@ -39,7 +39,7 @@ import numpy as np
 
 from flowmap.baseline import ColmapConfig, global_mapper_available, list_images, run_colmap
 from flowmap.errors import InputError
-from flowmap.io import atomic_write
+from flowmap.io import atomic_write, lock_out
 from flowmap.outputs import OutputConfig
 
 if TYPE_CHECKING:
@@ -452,7 +452,8 @@ def run_bench(
         written to ``out_root/bench.json`` (atomically).
 
     Raises:
-        InputError: a folder is not a sequence, or an unknown mapper is asked for.
+        InputError: a folder is not a sequence, an unknown mapper is asked for, or
+            another flowmap process writes ``out_root`` (its lock, :func:`flowmap.io.lock_out`).
     """
     from flowmap.pipeline import RunConfig
 
@@ -481,28 +482,29 @@ def run_bench(
             importlib.import_module(module)
 
     out_root = Path(out_root)
-    out_root.mkdir(parents=True, exist_ok=True)
-    rows: list[dict] = []
-    for seq_dir, name in zip(seq_dirs, seq_names):
-        names = list_images(seq_dir / "images")
-        seq_rows = []
-        if flowmap:
-            log(f"[{name}] flowmap on {len(names)} frames ...")
-            fm_rows, fm_names = _run_flowmap(seq_dir, name, out_root / name / "flowmap", config, output_config, log)
-            names = fm_names or names
-            seq_rows.extend(fm_rows)
-            _release_memory()
-        for mapper in run_mappers:
-            cfg = replace(base, mapper=mapper)
-            log(f"[{name}] COLMAP ({mapper}) on {len(names)} frames ...")
-            seq_rows.append(_run_colmap_row(seq_dir, name, out_root / name / f"colmap-{mapper}", cfg, names, log))
-            _release_memory()
-        _add_ratios(seq_rows)
-        rows.extend({k: _plain(row[k]) for k in ROW_KEYS} for row in seq_rows)
-        _write_json_atomic(out_root / "bench.json", _results(rows, config, base, run_mappers, notes))  # partial
+    with lock_out(out_root):  # two benches into one folder would delete each other's caches
+        out_root.mkdir(parents=True, exist_ok=True)
+        rows: list[dict] = []
+        for seq_dir, name in zip(seq_dirs, seq_names):
+            names = list_images(seq_dir / "images")
+            seq_rows = []
+            if flowmap:
+                log(f"[{name}] flowmap on {len(names)} frames ...")
+                fm_rows, fm_names = _run_flowmap(seq_dir, name, out_root / name / "flowmap", config, output_config, log)
+                names = fm_names or names
+                seq_rows.extend(fm_rows)
+                _release_memory()
+            for mapper in run_mappers:
+                cfg = replace(base, mapper=mapper)
+                log(f"[{name}] COLMAP ({mapper}) on {len(names)} frames ...")
+                seq_rows.append(_run_colmap_row(seq_dir, name, out_root / name / f"colmap-{mapper}", cfg, names, log))
+                _release_memory()
+            _add_ratios(seq_rows)
+            rows.extend({k: _plain(row[k]) for k in ROW_KEYS} for row in seq_rows)
+            _write_json_atomic(out_root / "bench.json", _results(rows, config, base, run_mappers, notes))  # partial
 
-    results = _results(rows, config, base, run_mappers, notes)
-    _write_json_atomic(out_root / "bench.json", results)
+        results = _results(rows, config, base, run_mappers, notes)
+        _write_json_atomic(out_root / "bench.json", results)
     return results
 
 

@@ -293,7 +293,7 @@ def eval_(
 def demo(
     out: Path = typer.Option(Path("flowmap-demo"), "-o", "--out", help="Output folder."),
     frames: int = typer.Option(24, help="Frames of the synthetic video."),
-    steps: int = typer.Option(500, help="Optimisation steps (fewer than a real run, so the demo takes a few minutes)."),
+    steps: Optional[int] = typer.Option(None, help="Optimisation steps (default: a real run's, see README)."),
     overwrite: bool = typer.Option(True, help="Replace the output folder."),
     quiet: bool = typer.Option(False, help="No progress bars."),
     debug: bool = typer.Option(False, help="Show tracebacks."),

@@ -52,9 +52,10 @@ class OptimConfig:
             start is the shipped network (``--init default``, trained across videos).
             Refined ATE (paper) from 25-step starts of the shipped network, fast
             refinement, against COLMAP incremental's (issue 23, 2026-12-04):
-            castle-P30 0.91x, fountain-P11 0.75x, fox 1.0x, llff-fern 0.94x,
-            tum-office 0.97x, tum-rpy 0.93x COLMAP global's; focal errors within
-            COLMAP's + 0.3 points. No descent at all (``--steps 0``, the network's
+            castle-P30 0.91-0.96x, fountain-P11 0.75-0.76x, fox 1.0x, llff-fern
+            0.90-0.94x, tum-office 0.97-0.99x; tum-rpy 0.055-0.060 against COLMAP
+            global's 0.048-0.065 in the day's runs (1.2x in the bench of 20:16); focal
+            errors within COLMAP's + 0.3 points. No descent at all (``--steps 0``, the network's
             feed-forward cameras) was not enough: fountain-P11's focal came out 52 % off
             and the refinement's 2x bound rejected the corrected one, castle-P30's
             refined ATE was 0.027. From scratch (``--init none``) 25 steps are too few

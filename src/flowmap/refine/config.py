@@ -20,8 +20,10 @@ class RefineConfig:
     flowmap 0.1 before it (COLMAP's DSP-SIFT, 8192 features, 4 px) is
     :meth:`RefineConfig.colmap` (``--refine colmap``). Measured from 25-step starts of
     the shipped network on the six shared sequences (``benchmarks/refine_eval.py``,
-    2026-12-04): every refined ATE within 0.75-1.0x COLMAP incremental's (tum-rpy 0.93x
-    COLMAP global's), every focal error within COLMAP's + 0.3 points.
+    2026-12-04, and ``flowmap bench`` of 20:16): refined ATE 0.75-1.01x COLMAP
+    incremental's on five of them; tum-rpy 0.055-0.060 against COLMAP global's
+    0.048-0.065 over the day's runs (1.2x in that bench); every focal error within
+    COLMAP's + 0.3 points.
 
     Features (SIFT, Lowe IJCV 2004; matching and verification by COLMAP, Schönberger &
     Frahm CVPR 2016):

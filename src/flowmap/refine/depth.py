@@ -117,13 +117,19 @@ def grid_for(shape: tuple[int, int], node_px: float) -> tuple[int, int]:
     return (max(2, int(np.ceil((h - 1) / node_px)) + 1), max(2, int(np.ceil((w - 1) / node_px)) + 1))
 
 
+def _interp_index(x: np.ndarray, n: int, g: int) -> tuple[np.ndarray, np.ndarray]:
+    """Left node index (int64) and fraction towards the next node of positions x in
+    [0, n-1] on g nodes spanning [0, n-1] (linear interpolation)."""
+    t = np.asarray(x, dtype=np.float64) / max(n - 1, 1) * (g - 1)
+    i0 = np.clip(np.floor(t).astype(np.int64), 0, g - 2)
+    return i0, t - i0
+
+
 def _interp_1d(x: np.ndarray, n: int, g: int) -> np.ndarray:
     """(len(x), g) linear interpolation weights of positions x in [0, n-1] on g nodes spanning [0, n-1]."""
-    t = np.asarray(x, dtype=np.float64) / max(n - 1, 1) * (g - 1)
-    i0 = np.clip(np.floor(t).astype(int), 0, g - 2)
-    f = t - i0
-    A = np.zeros((len(t), g))
-    rows = np.arange(len(t))
+    i0, f = _interp_index(x, n, g)
+    A = np.zeros((len(i0), g))
+    rows = np.arange(len(i0))
     A[rows, i0] = 1.0 - f
     A[rows, i0 + 1] += f
     return A
@@ -136,14 +142,8 @@ def _bilinear_design(u, v, h, w, grid):
     from scipy.sparse import csr_matrix
 
     gh, gw = grid
-
-    def axis(x, n, g):
-        t = np.asarray(x, dtype=np.float64) / max(n - 1, 1) * (g - 1)
-        i0 = np.clip(np.floor(t).astype(np.int64), 0, g - 2)
-        return i0, t - i0
-
-    iy, fy = axis(v, h, gh)
-    ix, fx = axis(u, w, gw)
+    iy, fy = _interp_index(v, h, gh)
+    ix, fx = _interp_index(u, w, gw)
     rows = np.repeat(np.arange(len(iy)), 4)
     cols = np.stack([iy * gw + ix, iy * gw + ix + 1, (iy + 1) * gw + ix, (iy + 1) * gw + ix + 1], axis=1).ravel()
     vals = np.stack([(1 - fy) * (1 - fx), (1 - fy) * fx, fy * (1 - fx), fy * fx], axis=1).ravel()

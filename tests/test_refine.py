@@ -215,7 +215,8 @@ def test_long_videos_stop_the_adjustment_rounds_earlier():
 
 def test_refine_config_rejects_bad_new_settings():
     for bad in ({"sift_first_octave": 3}, {"sift_dsp_scales": 0}, {"converge_tol": 0.0}, {"reinit_ba_rounds": 0}, {"temporal_window": 0},
-                {"max_frame_disagreement_deg": 0.0}, {"features": "orb"}, {"rounds_long": 0}):
+                {"max_frame_disagreement_deg": 0.0}, {"features": "orb"}, {"rounds_long": 0}, {"function_tolerance": 0.0},
+                {"max_focal_ratio_explained": 1.2}, {"focal_explained_max_disagreement_deg": 0.0}):
         with pytest.raises(ValueError):
             RefineConfig(**bad).check()
 
@@ -235,6 +236,44 @@ def test_a_far_off_focal_is_not_mistaken_for_a_bad_adjustment(scene):
     after = evaluate(res.c2w, gt, res.K[0, 0], scene.K[0, 0])
     assert after["focal_rel_error"] < 0.015 and after["ate_paper"] < 1e-3
     assert res.stats["rotation_disagreement_after_deg"] < 1.0
+
+
+def test_a_focal_correction_beyond_the_bound_is_kept_when_the_matches_support_it(scene):
+    """Issue 24: FlowMap's focal 40 % low (as on forward motion) with good poses; the
+    adjustment from FlowMap's own cameras finds the true focal, and the move (1.67x,
+    beyond ``max_focal_ratio``) is judged by what the cameras explain, not by its size.
+    Where the pairs are asked to agree beyond what any adjustment reaches, the same move
+    is refused."""
+    gt = _anchor(scene.c2w)
+    start = _perturb(scene.c2w, rot_deg=0.3, trans=0.01, seed=5)
+    K0 = scene.K.copy()
+    K0[0, 0] *= 0.6
+    K0[1, 1] *= 0.6
+    depth = scene.depth[:, ::2, ::2]
+    res = refine(scene.images, start, K0, depth, RefineConfig(reinit="never"), progress=False)
+    assert res.applied, res.warnings
+    assert res.stats["focal_move_explained"] and any("focal length" in w for w in res.warnings)
+    after = evaluate(res.c2w, gt, res.K[0, 0], scene.K[0, 0])
+    assert after["focal_rel_error"] < 0.015 and after["ate_paper"] < 1e-3
+    strict = refine(scene.images, start, K0, depth, RefineConfig(reinit="never", focal_explained_max_disagreement_deg=1e-9), progress=False)
+    assert not strict.applied and any("focal moved too far" in w for w in strict.warnings)
+    assert np.array_equal(strict.K, K0)
+
+
+def test_features_computed_beside_the_descent_give_the_same_refinement(scene):
+    """A run computes the SIFT features while its descent runs (pipeline._sift_beside) and
+    hands them to refine: the result is the one refine gets computing them itself."""
+    from flowmap.refine.features import opencv_sift_all
+
+    start = _perturb(scene.c2w, rot_deg=1.0, trans=0.03, seed=0)
+    depth = scene.depth[:, ::2, ::2]
+    cfg = RefineConfig()
+    own = refine(scene.images, start, scene.K, depth, cfg, progress=False)
+    given = refine(scene.images, start, scene.K, depth, cfg, progress=False, sift=opencv_sift_all(scene.images, cfg, threads=1))
+    assert own.applied and given.applied
+    assert np.allclose(own.c2w, given.c2w, atol=1e-9) and np.allclose(own.K, given.K)
+    with pytest.raises(ValueError, match="features"):
+        refine(scene.images, start, scene.K, depth, cfg, progress=False, sift=opencv_sift_all(scene.images[:3], cfg))
 
 
 def test_frame_disagreement_names_the_few_wrong_frames(scene):

@@ -45,8 +45,41 @@ def _fallback(c2w, K, n, stats, warnings, message) -> Refinement:
     return Refinement(c2w.copy(), K.copy(), np.ones(n), np.zeros((0, 3)), np.zeros((0, 3), np.uint8), stats, warnings, applied=False, depth=None)
 
 
+def _within(ratio: float, bound: float) -> bool:
+    """``ratio`` lies in [1 / bound, bound] (False for NaN)."""
+    return bool(1.0 / bound <= ratio <= bound)
+
+
+def _focal_move_reason(f_before: float, K_new: np.ndarray, disagreement: float, s0: dict | None, s1: dict, reinit: bool, config: RefineConfig) -> str | None:
+    """Why the adjusted focal is not acceptable, or None when it is (issue 24).
+
+    A focal within ``max_focal_ratio`` (``max_focal_ratio_reinit`` after a
+    re-initialisation) of FlowMap's is accepted as before. Beyond it, the move is judged by
+    what the adjusted cameras explain, not by its size: FlowMap's focal is what goes wrong
+    on forward motion and low texture (kitti-06: 207.5 px against 369; the adjustment
+    found 348 px at 0.22 px reprojection error and 0.03 deg disagreement with the verified
+    pairs, ATE 0.0061 -> 0.00014). It is accepted up to ``max_focal_ratio_explained`` when
+    the adjusted relative rotations agree with the verified pairs' to
+    ``focal_explained_max_disagreement_deg`` (median) and, from FlowMap's own cameras, the
+    reprojection error did not grow.
+    """
+    f_new = float(K_new[0, 0]) if np.isfinite(K_new).all() else float("nan")
+    ratio = f_new / f_before
+    if _within(ratio, config.max_focal_ratio_reinit if reinit else config.max_focal_ratio):
+        return None
+    moved = f"focal moved too far ({f_before:.1f} -> {f_new:.1f} px)"
+    if not _within(ratio, config.max_focal_ratio_explained):
+        return moved
+    if not disagreement <= config.focal_explained_max_disagreement_deg:
+        return f"{moved} and the adjusted cameras disagree with the verified pairs by {disagreement:.2f} deg"
+    if s0 is not None and not s1["reproj_px"] <= s0["reproj_px"]:
+        return f"{moved} and the reprojection error grew ({s0['reproj_px']:.2f} -> {s1['reproj_px']:.2f} px)"
+    return None
+
+
 def refine(
-    images, c2w, K, depth, config: RefineConfig = RefineConfig(), progress: bool = True, work_dir: Path | None = None
+    images, c2w, K, depth, config: RefineConfig = RefineConfig(), progress: bool = True, work_dir: Path | None = None,
+    sift: list[tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> Refinement:
     """Refine FlowMap's cameras with SIFT matches, triangulation and bundle adjustment.
 
@@ -73,6 +106,10 @@ def refine(
             at the end (:func:`flowmap.io.scratch_dir`); None: a new folder in the
             system's temporary directory. A run puts it in its ``OUT.cache`` so that a
             killed run leaves it only where the run's own cleanup and ``--resume`` see it.
+        sift: the frames' OpenCV SIFT features when already computed
+            (:func:`flowmap.refine.features.opencv_sift_all` with this ``config``; a run
+            computes them beside its descent); None: computed here. Used with
+            ``config.features`` "opencv" only.
 
     Returns:
         :class:`Refinement` in FlowMap's frame: c2w[0] = I and the trajectory's scale
@@ -121,7 +158,7 @@ def refine(
         t0 = time.perf_counter()
         names = features.write_images(images, image_dir)
         if config.features == "opencv":
-            features.extract_opencv(db, image_dir, names, images, K, config)
+            features.extract_opencv(db, image_dir, names, images, K, config, sift=sift)
         else:
             features.extract(db, image_dir, names, K, config)
         sec["features_s"] = time.perf_counter() - t0
@@ -200,7 +237,10 @@ def refine(
             stats["reinit_reason"] = why
             say(f"re-initialised ({why}): {g['registered'].sum()}/{n} registered, {sec['reinit_s']:.1f} s")
             rec_g = adjust.build_reconstruction(db, names, g["c2w"], g["params"])
-            return adjusted(adjust.triangulate(rec_g, db, image_dir, work, config), reinit=True)
+            t0 = time.perf_counter()
+            rec_g = adjust.triangulate(rec_g, db, image_dir, work, config)
+            sec["triangulate_s"] = sec.get("triangulate_s", 0.0) + time.perf_counter() - t0
+            return adjusted(rec_g, reinit=True)
 
         result = reinitialised(why) if do_reinit else None
         if result is None:
@@ -246,15 +286,21 @@ def refine(
                 reasons.append(f"reprojection error grew ({s0['reproj_px']:.2f} -> {s1['reproj_px']:.2f} px)")
             if s1["observations"] < 0.5 * s0["observations"]:
                 reasons.append(f"inlier observations fell ({s0['observations']} -> {s1['observations']})")
-        ratio = K_new[0, 0] / f_before if np.isfinite(K_new).all() else np.nan
-        bound = config.max_focal_ratio_reinit if stats["reinit"] else config.max_focal_ratio
-        if not 1.0 / bound <= ratio <= bound:
-            reasons.append(f"focal moved too far ({f_before:.1f} -> {K_new[0, 0]:.1f} px)")
         if len(weak) > config.max_weak_fraction * n:
             reasons.append(f"{len(weak)} of {n} frames left unconstrained")
         after = result["median"]
         stats["rotation_disagreement_after_deg"] = after
         stats["rotation_disagreement_frames_after_deg"] = _degrees(result["frames"])
+        focal_reason = _focal_move_reason(f_before, K_new, after, None if stats["reinit"] else s0, s1, stats["reinit"], config)
+        if focal_reason:
+            reasons.append(focal_reason)
+        elif not _within(K_new[0, 0] / f_before, config.max_focal_ratio_reinit if stats["reinit"] else config.max_focal_ratio):
+            stats["focal_move_explained"] = True
+            warnings.append(
+                f"the refinement moved FlowMap's focal length from {f_before:.1f} to {K_new[0, 0]:.1f} px: kept, because the "
+                f"adjusted cameras explain the matches ({s1['reproj_px']:.2f} px reprojection error, {after:.2f} deg median "
+                "disagreement with the verified pairs); FlowMap's own focal was off"
+            )
         if not after <= config.max_rotation_disagreement_deg:
             reasons.append(
                 f"the adjusted cameras disagree with the verified pair geometry ({after:.1f} deg median relative rotation)"

@@ -37,7 +37,7 @@ def main(argv=None) -> int:
 
     from flowmap.baseline import ColmapConfig, list_images
     from flowmap.bench import _run_colmap_row, _run_flowmap, _stderr
-    from flowmap.pipeline import RunConfig
+    from flowmap.config import RunConfig
 
     args.out.mkdir(parents=True, exist_ok=True)
     overrides = {}

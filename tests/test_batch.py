@@ -23,8 +23,9 @@ import numpy as np
 import pytest
 
 from flowmap.batch import BatchConfig, read_sources, run_batch
+from flowmap.config import RunConfig
 from flowmap.errors import InputError
-from flowmap.pipeline import RunConfig, run
+from flowmap.pipeline import run
 from flowmap.synthetic import make_scene, write_sequence
 
 FLAGS = ["--steps", "15", "--pixel-budget", "1536", "--refine", "none", "--quiet"]

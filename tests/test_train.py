@@ -18,10 +18,11 @@ import numpy as np
 import pytest
 import torch
 
+from flowmap.config import RunConfig
 from flowmap.errors import InputError
 from flowmap.model.depth import DepthNetConfig
 from flowmap.model.weights import WeightMLPConfig
-from flowmap.pipeline import RunConfig, reconstruct
+from flowmap.pipeline import reconstruct
 from flowmap.pretrained import default_path, load_pretrained, resolve_init
 from flowmap.synthetic import make_scene, write_sequence
 from flowmap.train import TrainConfig, train

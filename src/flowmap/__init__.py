@@ -12,8 +12,12 @@ __version__ = "0.1.0"
 
 def __getattr__(name: str):
     # Imported lazily so that `import flowmap` stays cheap (torch is imported on use).
-    if name in ("reconstruct", "RunConfig"):
+    if name == "RunConfig":
+        from flowmap import config
+
+        return config.RunConfig
+    if name == "reconstruct":
         from flowmap import pipeline
 
-        return getattr(pipeline, name)
+        return pipeline.reconstruct
     raise AttributeError(name)

@@ -4,6 +4,7 @@ The run itself is :func:`flowmap.pipeline.run` (the one orchestration); this mod
 the name users import.
 """
 
-from flowmap.pipeline import RunConfig, reconstruct
+from flowmap.config import RunConfig
+from flowmap.pipeline import reconstruct
 
 __all__ = ["RunConfig", "reconstruct"]

@@ -30,10 +30,10 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from flowmap.config import RunConfig
 from flowmap.errors import FlowmapError, InputError
 from flowmap.frames import source_names
 from flowmap.io import atomic_write, lock_out
-from flowmap.pipeline import RunConfig
 from flowmap.validate import check_out_folder, validate_run
 
 __all__ = ["BatchConfig", "BatchSource", "read_sources", "run_batch", "format_batch_table"]

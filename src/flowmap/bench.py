@@ -33,17 +33,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from flowmap.baseline import ColmapConfig, global_mapper_available, list_images, run_colmap
+from flowmap.config import OutputConfig, RunConfig
 from flowmap.errors import InputError
 from flowmap.io import atomic_write, lock_out
-from flowmap.outputs import OutputConfig
-
-if TYPE_CHECKING:
-    from flowmap.pipeline import RunConfig
 
 PROC_STATUS = Path("/proc/self/status")
 PROC_CLEAR_REFS = Path("/proc/self/clear_refs")
@@ -433,7 +429,7 @@ def run_bench(
         out_root: results folder: ``bench.json``, and per sequence ``<name>/flowmap``
             (flowmap's outputs, report with the ground truth overlaid) and
             ``<name>/colmap-<mapper>`` (COLMAP database and models).
-        config: flowmap's run settings (default :class:`flowmap.pipeline.RunConfig` without
+        config: flowmap's run settings (default :class:`flowmap.config.RunConfig` without
             progress bars and without a cache, so that the time is a cold run's).
         mappers: COLMAP mappers to run, "incremental" and/or "global"; "global" is
             skipped with a note when the installed pycolmap has no global mapper.
@@ -455,8 +451,6 @@ def run_bench(
         InputError: a folder is not a sequence, an unknown mapper is asked for, or
             another flowmap process writes ``out_root`` (its lock, :func:`flowmap.io.lock_out`).
     """
-    from flowmap.pipeline import RunConfig
-
     seq_dirs = [Path(s) for s in seq_dirs]
     if not seq_dirs:
         raise InputError("no sequence folders given; pass one or more folders with images/, poses.txt, intrinsics.json")

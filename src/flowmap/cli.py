@@ -99,8 +99,8 @@ def _run_config(
     init: str = "default",
     finetune_steps: Optional[int] = None,
 ):
-    """The flags of ``run`` / ``demo`` / ``bench`` / ``batch`` as a :class:`flowmap.pipeline.RunConfig`."""
-    from flowmap.pipeline import RunConfig
+    """The flags of ``run`` / ``demo`` / ``bench`` / ``batch`` as a :class:`flowmap.config.RunConfig`."""
+    from flowmap.config import RunConfig
     from flowmap.validate import refine_config
 
     cfg = RunConfig(
@@ -255,8 +255,9 @@ def train(
 ):
     """Train the depth network and weight MLP across videos (FlowCam); use it with run --init CKPT."""
     with _guard(debug):
+        from flowmap.config import TrainConfig
         from flowmap.pipeline import cpu_threads
-        from flowmap.train import TrainConfig, train as train_across
+        from flowmap.train import train as train_across
         from flowmap.validate import check_threads, resolve_device
 
         cfg = TrainConfig(steps=steps, lr=lr, seed=seed)

@@ -8,21 +8,21 @@ rejected. Anything that cannot be used (missing, empty, truncated, not an image 
 video, frames of different sizes, too few frames, too large for the memory) raises
 :class:`~flowmap.errors.InputError` with one actionable line, never a decoder's traceback.
 
-Also here: the working resolution of the optimisation (:func:`working_shape`) and the
-resizing of frames to it (:func:`resize_images`).
+:class:`FrameConfig` (in :mod:`flowmap.config`), :func:`working_shape` and
+:func:`resize_images` (in :mod:`flowmap.resolution`) are re-exported here, where they lived.
 """
 
 from __future__ import annotations
 
-import math
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
+from flowmap.config import FrameConfig
 from flowmap.errors import InputError
+from flowmap.memory import check_frames_memory
+from flowmap.resolution import resize_images, working_shape  # noqa: F401  (re-exported: they lived here)
 from flowmap.types import Frames
 from flowmap.validate import MIN_FRAMES, check_frame_config
 
@@ -31,25 +31,6 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp", ".ts", ".mts"})
 """Common video suffixes; any other non-image file is still tried with FFmpeg."""
-
-@dataclass
-class FrameConfig:
-    """Which frames to use and the working resolution of the optimisation.
-
-    Attributes:
-        max_frames: keep at most this many frames (after ``stride``); None keeps all.
-        stride: keep every ``stride``-th frame of the source (1 keeps all).
-        pixel_budget: target number of pixels h * w of the working resolution
-            (43200 = 180 x 240, the resolution of the FlowMap reference, METHOD.md 3.1).
-        multiple: the working height and width are multiples of this (16 suits the
-            depth CNN's downsampling).
-    """
-
-    max_frames: int | None = None
-    stride: int = 1
-    pixel_budget: int = 43200
-    multiple: int = 16
-
 
 GENERIC_FOLDER_NAMES = ("images", "frames", "rgb", "color", "imgs", "input")
 """Frame folders named like this take their sequence's name (the parent folder's)."""
@@ -93,54 +74,6 @@ def source_names(paths: list[Path]) -> list[str]:
 def natural_key(name: str) -> list:
     """Sort key that orders digit runs by value: ``img2`` < ``img10``, case-insensitive."""
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
-
-
-def working_shape(height: int, width: int, pixel_budget: int, multiple: int) -> tuple[int, int]:
-    """Working resolution (h, w) for frames of ``height`` x ``width`` pixels.
-
-    Keeps the aspect ratio as closely as the ``multiple`` allows, with h * w close to
-    ``pixel_budget``; both sides are multiples of ``multiple`` and never larger than
-    the input (frames are shrunk, never enlarged).
-
-    Example: a 640 x 360 (h x w) phone frame at budget 43200 -> (272, 160).
-
-    Raises:
-        InputError: a non-positive budget or multiple, or frames smaller than
-            ``multiple`` pixels on a side.
-    """
-    if pixel_budget <= 0 or multiple <= 0:
-        raise InputError(f"pixel budget and multiple must be positive, got {pixel_budget} and {multiple}")
-    if height < multiple or width < multiple:
-        raise InputError(
-            f"frames of {width}x{height} pixels are too small; each side needs at least {multiple} pixels"
-        )
-    scale = min(1.0, math.sqrt(pixel_budget / (height * width)))
-    h = max(1, round(height * scale / multiple)) * multiple
-    w = max(1, round(width * scale / multiple)) * multiple
-    h = min(h, (height // multiple) * multiple)
-    w = min(w, (width // multiple) * multiple)
-    return int(h), int(w)
-
-
-def resize_images(images: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Resize a stack of images to ``shape`` = (h, w).
-
-    Args:
-        images: (N, H, W, C) or (N, H, W) array (any dtype OpenCV resizes).
-        shape: target (h, w) in pixels.
-
-    Returns:
-        (N, h, w, C) or (N, h, w) array of the same dtype. Uses ``cv2.INTER_AREA`` when
-        shrinking (pixel-area averaging, no aliasing) and ``cv2.INTER_LINEAR`` otherwise;
-        OpenCV's pixel-centre convention (u = x * W - 0.5) is preserved.
-    """
-    h, w = int(shape[0]), int(shape[1])
-    if images.shape[1:3] == (h, w):
-        return images.copy()
-    shrink = h <= images.shape[1] and w <= images.shape[2]
-    interp = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
-    out = [cv2.resize(img, (w, h), interpolation=interp) for img in images]
-    return np.stack(out).reshape((len(images), h, w) + images.shape[3:])
 
 
 def to_rgb8(array: np.ndarray) -> np.ndarray:
@@ -304,8 +237,6 @@ def load_image_folder(folder: Path, cfg: FrameConfig) -> Frames:
             unreadable image, images of different sizes, or decoded frames that would
             not fit in the available memory.
     """
-    from flowmap.memory import check_frames_memory
-
     files = list_images(folder)
     if not files:
         raise InputError(f"{folder} contains no images ({', '.join(sorted(IMAGE_SUFFIXES))}){_no_images_hint(folder)}")
@@ -375,8 +306,6 @@ def load_video(path: Path, cfg: FrameConfig) -> Frames:
             frames that would not fit in the available memory.
     """
     import av
-
-    from flowmap.memory import check_frames_memory
 
     images: list[np.ndarray] = []
     indices: list[int] = []

@@ -15,27 +15,12 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from flowmap.config import MemoryConfig, RunConfig  # noqa: F401  (MemoryConfig re-exported: it lived here)
+from flowmap.correspondences.flow import flow_shape
 from flowmap.errors import InputError
-
-if TYPE_CHECKING:
-    from flowmap.pipeline import RunConfig
-    from flowmap.types import Frames
-
-
-@dataclass
-class MemoryConfig:
-    """Attributes:
-        check: refuse runs whose estimated peak memory exceeds the available memory.
-        margin: the estimate is multiplied by this before the comparison (the linear
-            model of :class:`MemoryModel` underestimates by up to 10 %).
-    """
-
-    check: bool = True
-    margin: float = 1.15
-
-
+from flowmap.resolution import working_shape
+from flowmap.types import Frames
 
 
 @dataclass(frozen=True)
@@ -280,9 +265,6 @@ def check_run_memory(frames: Frames, config: RunConfig, device: str) -> None:
         InputError: the estimate (x ``config.memory.margin``) exceeds the available
             memory; the message suggests ``--max-frames`` / ``--pixel-budget``.
     """
-    from flowmap.correspondences.flow import flow_shape
-    from flowmap.frames import working_shape
-
     H, W = frames.height, frames.width
     tracks = config.correspondences.tracks
 

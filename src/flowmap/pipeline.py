@@ -31,91 +31,31 @@ from __future__ import annotations
 import contextlib
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from flowmap import checks
 from flowmap.camera import K_at
-from flowmap.correspondences import CorrespondenceConfig
+from flowmap.config import RunConfig  # flowmap.pipeline.RunConfig keeps working (it lived here)
 from flowmap.correspondences.cache import load_or_compute
 from flowmap.errors import FlowmapError
-from flowmap.finetune import FinetuneConfig, FinetuneResult, finetune_depth
-from flowmap.frames import FrameConfig, load_frames, resize_images, working_shape
+from flowmap.finetune import FinetuneResult, finetune_depth
+from flowmap.frames import load_frames
 from flowmap.io import lock_out
-from flowmap.memory import MemoryConfig, check_run_memory
+from flowmap.memory import check_run_memory
 from flowmap.model.flowmap import VideoTensors
-from flowmap.optimize import OptimConfig, fit
-from flowmap.outputs import OutputConfig, write_outputs
+from flowmap.optimize import fit
+from flowmap.outputs import write_outputs
 from flowmap.pretrained import Pretrained
 from flowmap.refine import RefineConfig, Refinement, refine
 from flowmap.refine.depth import fit_scales
 from flowmap.refine.features import opencv_sift_all
+from flowmap.resolution import resize_images, working_shape
 from flowmap.solve import solve
 from flowmap.types import Frames, Reconstruction, Solution
 from flowmap.validate import validate_run
-
-
-@dataclass
-class RunConfig:
-    """Everything a run depends on; defaults are METHOD.md's unless the README says why.
-
-    Attributes:
-        frames: frame selection and working resolution.
-        correspondences: flow, tracks and bridges (also the cache key).
-        optim: model, objective and optimisation schedule.
-        refine: the global refinement of the cameras (:class:`flowmap.refine.RefineConfig`);
-            None skips it (``--refine none``).
-        finetune: the depth fine-tuning with the refined cameras held fixed
-            (:class:`flowmap.finetune.FinetuneConfig`; ``steps=0`` skips it); runs only
-            when a refinement was applied.
-        focal: known focal length in pixels of the input frames (skips the search).
-        device: "auto" (CUDA when available), "cpu" or "cuda".
-        seed: random seed of the network initialisation and the sampling.
-        progress: show progress bars on stderr.
-        checks: thresholds of the degenerate-content warnings.
-        memory: the refuse-before-work memory check.
-        outputs: what is written to OUT (when a run has one).
-        overwrite: replace a non-empty OUT (only once the new one is complete).
-        resume: continue from the cache of an interrupted run with the same settings.
-        init: where the networks start (``--init``): "default" (the checkpoint shipped
-            in the package, trained across videos by ``flowmap train``;
-            :mod:`flowmap.pretrained`; the default since issue 23, with 25 descent
-            steps), "none" (random weights, scratch training as in the FlowMap paper:
-            give it more steps, the CLI uses 100) or the path of a checkpoint
-            ``flowmap train`` wrote.
-        threads: CPU threads of the run (torch's intra-op threads and OpenCV's during the
-            run, and COLMAP's in the refinement); None: the cores that other processes
-            leave idle when the run starts, at most torch's default (all cores, or
-            ``OMP_NUM_THREADS``; :mod:`flowmap.cores`), recorded in ``summary.json``.
-            With 1, a run on the CPU is bit-reproducible (measured: outputs
-            byte-identical).
-    """
-
-    frames: FrameConfig = field(default_factory=FrameConfig)
-    correspondences: CorrespondenceConfig = field(default_factory=CorrespondenceConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    refine: RefineConfig | None = field(default_factory=RefineConfig)
-    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
-    focal: float | None = None
-    device: str = "auto"
-    seed: int = 0
-    progress: bool = True
-    checks: checks.CheckConfig = field(default_factory=checks.CheckConfig)
-    memory: MemoryConfig = field(default_factory=MemoryConfig)
-    outputs: OutputConfig = field(default_factory=OutputConfig)
-    overwrite: bool = False
-    resume: bool = False
-    init: str = "default"
-    threads: int | None = None
-
-    def to_dict(self) -> dict:
-        """The settings as plain data (paths as text), as ``summary.json`` lists them."""
-        d = asdict(self)
-        gt = d["outputs"].get("gt_dir")
-        d["outputs"]["gt_dir"] = None if gt is None else str(gt)
-        return d
 
 
 @dataclass

@@ -26,7 +26,7 @@ import math
 import platform
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,69 +34,21 @@ import torch
 from tqdm.auto import tqdm
 
 from flowmap.checkpoint import fingerprint, load_checkpoint, save_checkpoint
-from flowmap.correspondences import CorrespondenceConfig
+from flowmap.config import TrainConfig
 from flowmap.correspondences.cache import load_or_compute
 from flowmap.errors import FlowmapError, InputError, NumericalError
-from flowmap.frames import (
-    FrameConfig,
-    load_frames,
-    resize_images,
-    source_names,
-    working_shape,
-)
+from flowmap.frames import load_frames, source_names
 from flowmap.io import atomic_write, lock_out
 from flowmap.model.flowmap import FlowMapModel, VideoTensors
 from flowmap.objective import window_losses
-from flowmap.optimize import OptimConfig, descend, lr_factor, window_size, window_step
+from flowmap.optimize import descend, lr_factor, window_size, window_step
 from flowmap.pretrained import architecture, save_weights
+from flowmap.resolution import resize_images, working_shape
 from flowmap.validate import validate_train
 
 __all__ = ["TrainConfig", "TrainResult", "TrainSource", "prepare_sources", "train"]
 
 STATE_NAME = "train-state.pt"
-
-
-@dataclass
-class TrainConfig:
-    """Settings of ``flowmap train``.
-
-    Attributes:
-        steps: Adam steps over all training videos.
-        lr: peak learning rate (warm-up and cosine decay as in a run,
-            :func:`flowmap.optimize.lr_factor`).
-        warmup_fraction, final_lr_fraction: the schedule.
-        val_every: steps between validation losses (and at the end).
-        val_windows: fixed windows per validation video.
-        checkpoint_every: steps between the weights file and the loop state being written.
-        log_every: steps between history entries.
-        max_bad_steps: non-finite steps tolerated (each skipped, learning rate halved).
-        seed: seed of the initialisation and the sampling.
-        frames: frame selection and working resolution of every source (as in a run).
-        correspondences: flow and tracks (as in a run; also the cache key).
-        optim: the model (depth network, weight MLP, focal candidates), the objective,
-            the window and pixels per step; its ``steps`` and ``lr`` are not used.
-    """
-
-    steps: int = 6000
-    lr: float = 1e-3
-    warmup_fraction: float = 0.02
-    final_lr_fraction: float = 0.1
-    val_every: int = 250
-    val_windows: int = 8
-    checkpoint_every: int = 100
-    log_every: int = 10
-    max_bad_steps: int = 50
-    seed: int = 0
-    frames: FrameConfig = field(default_factory=FrameConfig)
-    correspondences: CorrespondenceConfig = field(default_factory=CorrespondenceConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-
-    def schedule(self) -> OptimConfig:
-        """The :class:`OptimConfig` whose schedule fields are this training's (for ``lr_factor``)."""
-        return replace(
-            self.optim, steps=self.steps, lr=self.lr, warmup_fraction=self.warmup_fraction,
-            final_lr_fraction=self.final_lr_fraction,
-        )
 
 
 @dataclass

@@ -5,24 +5,20 @@ decoded, so a run that cannot work (a bad option, an output folder that cannot b
 written, a device that is not there) fails at once with one actionable line
 (:class:`~flowmap.errors.InputError`, exit code 2 on the command line). The individual
 checks are public for the stages' own entry points (e.g.
-:func:`flowmap.frames.load_frames` checks its :class:`~flowmap.frames.FrameConfig`).
+:func:`flowmap.frames.load_frames` checks its :class:`~flowmap.config.FrameConfig`).
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from flowmap.config import FrameConfig, RunConfig, TrainConfig
+from flowmap.correspondences import CorrespondenceConfig
+from flowmap.correspondences.flow import FLOW_BACKENDS
 from flowmap.errors import InputError
 from flowmap.pretrained import Pretrained, resolve_init
 from flowmap.refine.config import RefineConfig
-
-if TYPE_CHECKING:
-    from flowmap.correspondences import CorrespondenceConfig
-    from flowmap.frames import FrameConfig
-    from flowmap.pipeline import RunConfig
-    from flowmap.train import TrainConfig
 
 MIN_FRAMES = 3
 """Fewest frames a reconstruction can use (two flow pairs)."""
@@ -78,8 +74,6 @@ def check_frame_config(cfg: FrameConfig) -> None:
 
 def check_correspondence_config(cfg: CorrespondenceConfig) -> None:
     """Raise :class:`InputError` for a flow scale, backend or track setting that cannot work."""
-    from flowmap.correspondences.flow import FLOW_BACKENDS
-
     if not cfg.flow.scale > 0:
         raise InputError(f"flow scale must be positive, got {cfg.flow.scale}")
     if cfg.flow.backend not in FLOW_BACKENDS:

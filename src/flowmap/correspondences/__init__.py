@@ -16,7 +16,7 @@ import numpy as np
 from flowmap.correspondences.bridges import BridgeConfig, find_bridges
 from flowmap.correspondences.flow import FlowConfig, compute_flows, flow_shape
 from flowmap.correspondences.tracks import TrackConfig, compute_tracks
-from flowmap.frames import resize_images
+from flowmap.resolution import resize_images
 from flowmap.types import Correspondences
 
 

@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
+from flowmap.config import OutputConfig
 from flowmap.io import atomic_dir, atomic_write
 from flowmap.outputs.colmap import write_colmap, write_images
 from flowmap.layout import write_intrinsics, write_poses
@@ -35,45 +36,6 @@ from flowmap.types import Frames, Reconstruction
 from flowmap.validate import check_out_dir
 
 __all__ = ["OutputConfig", "write_outputs"]
-
-
-@dataclass
-class OutputConfig:
-    """What the output stage writes.
-
-    Attributes:
-        colmap: write the COLMAP model ``OUT/colmap`` (images + sparse/0).
-        colmap_text: also write the COLMAP model as ``.txt``.
-        transforms: write nerfstudio's ``OUT/transforms.json`` and 16-bit depth PNGs.
-        ply: write the point cloud ``OUT/points.ply``.
-        report: write the report (``flowmap.outputs.report.write_report``).
-        gt_dir: a ground-truth folder (shared data layout: ``poses.txt``,
-            ``intrinsics.json``) whose Sim(3)-aligned trajectory and metrics the report
-            shows; None: none.
-        max_points: the most points in ``points.ply``.
-        colmap_max_points: the most points3D in the COLMAP model (each point stores an
-            observation in every frame that sees it, so the model grows with
-            points x frames; 50,000 points over 50 frames is about 60 MB).
-        min_weight: a pixel's correspondence weight must be at least this fraction of
-            the 99th percentile of its pair's weights to give a point.
-        depth_tol: relative depth tolerance of the neighbour-consistency filter and of
-            the occlusion check of COLMAP observations.
-        jpeg_quality: JPEG quality of the exported frames.
-        seed: seed of the point subsampling.
-    """
-
-    colmap: bool = True
-    colmap_text: bool = False
-    transforms: bool = True
-    ply: bool = True
-    report: bool = True
-    gt_dir: Path | None = None
-    max_points: int = 100_000
-    colmap_max_points: int = 50_000
-    min_weight: float = 0.5
-    depth_tol: float = 0.05
-    jpeg_quality: int = 95
-    seed: int = 0
 
 
 def write_outputs(

@@ -8,9 +8,13 @@ from pathlib import Path
 
 import numpy as np
 
+import flowmap.refine.adjust as adjust
+import flowmap.refine.depth as depth_mod
+import flowmap.refine.features as features
+import flowmap.refine.pairs as pairs_mod
+import flowmap.refine.reinit as reinit_mod
 from flowmap.camera import K_at
 from flowmap.io import scratch_dir
-from flowmap.refine import adjust, depth as depth_mod, features, pairs as pairs_mod, reinit as reinit_mod
 from flowmap.refine.colmap_io import camera_K, quiet_colmap, transform_c2w, umeyama
 from flowmap.refine.config import RefineConfig, Refinement
 

@@ -254,3 +254,26 @@ def test_exif_focal_is_not_given_to_colmap(tmp_path):
     _forget_focal_priors(database, ColmapConfig())
     (camera,) = cameras()
     assert not camera.has_prior_focal_length and camera.params[0] == pytest.approx(1.2 * 192)
+
+
+@needs_data
+def test_few_view_subsets_are_built_from_a_sequence(tmp_path):
+    """``PATH::K`` benchmarks every K-th frame (issue 24's few-view inputs): the subset
+    holds those images, their ground-truth poses and the intrinsics, nothing else."""
+    from flowmap.bench import parse_sequence, subset_sequence
+    from flowmap.evaluation import read_ground_truth
+
+    castle = SHARED_DATA / "castle-P30"
+    assert parse_sequence(f"{castle}::6") == (castle, 6) and parse_sequence(castle) == (castle, 1)
+    for bad in ("1", "x", ""):
+        with pytest.raises(InputError):
+            parse_sequence(f"{castle}::{bad}")
+    sub = subset_sequence(castle, 6, tmp_path)
+    every = list_images(castle / "images")[::6]
+    assert sub.name == "castle-P30-every6" and list_images(sub / "images") == every and len(every) == 5
+    names, c2w, _ = read_ground_truth(sub)
+    all_names, all_c2w, _ = read_ground_truth(castle)
+    assert names == every
+    np.testing.assert_allclose(c2w, all_c2w[[all_names.index(n) for n in every]])
+    with pytest.raises(InputError, match="at least 3"):
+        subset_sequence(castle, 20, tmp_path)

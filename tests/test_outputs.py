@@ -476,6 +476,31 @@ def test_out_folder_files_and_summary(out, scene):
     assert not list(out.parent.glob("OUT.tmp-*"))
 
 
+def test_frames_that_could_not_be_registered_are_left_out_and_named(scene, tmp_path):
+    """Issue 24: a frame without a measured pose is not written with a made-up one: poses,
+    depth, COLMAP model and transforms.json hold the posed frames, summary.json names the
+    others, and each posed frame keeps its own pose, depth and weights."""
+    rec, frames = scene
+    registered = np.ones(rec.n, bool)
+    registered[[1, 4]] = False
+    out = write_outputs(replace(rec, registered=registered), frames, tmp_path / "OUT", CFG)
+    kept = np.flatnonzero(registered)
+    names, c2w = read_poses(out / "poses.txt")
+    assert names == [frames.names[k] for k in kept]
+    np.testing.assert_allclose(c2w, rec.c2w[kept], atol=1e-6)
+    assert sorted(p.stem for p in (out / "depth").glob("*.npy")) == [Path(n).stem for n in names]
+    s = json.loads((out / "summary.json").read_text())
+    assert s["unregistered_frames"] == [frames.names[1], frames.names[4]] and s["frames_posed"] == len(kept)
+    model = pycolmap.Reconstruction(out / "colmap" / "sparse" / "0")
+    assert sorted(img.name for img in model.images.values()) == names
+    assert len(json.loads((out / "transforms.json").read_text())["frames"]) == len(kept)
+    posed = replace(rec, registered=registered).posed()
+    np.testing.assert_array_equal(posed.weights[1], rec.weights[kept[2] - 1])
+    full = write_outputs(rec, frames, tmp_path / "ALL", CFG)
+    s = json.loads((full / "summary.json").read_text())
+    assert s["unregistered_frames"] == [] and s["frames_posed"] == rec.n
+
+
 def test_existing_out_is_refused_then_replaced(scene, tmp_path):
     rec, frames = scene
     cfg = OutputConfig(colmap=False, transforms=False, ply=False, report=False)

@@ -154,6 +154,62 @@ def check_sequence(seq_dir: Path) -> None:
         )
 
 
+SUBSET_MARK = "::"
+
+
+def parse_sequence(arg: str | Path) -> tuple[Path, int]:
+    """``PATH`` or ``PATH::K`` (every K-th frame of the sequence, K >= 2) -> (PATH, K).
+
+    Raises:
+        InputError: K is not an integer >= 2.
+    """
+    text = str(arg)
+    if SUBSET_MARK not in text:
+        return Path(text), 1
+    path, _, every = text.rpartition(SUBSET_MARK)
+    if not every.isdigit() or int(every) < 2:
+        raise InputError(f"{text}: after '{SUBSET_MARK}' give K >= 2 to keep every K-th frame, e.g. castle-P30{SUBSET_MARK}6")
+    return Path(path), int(every)
+
+
+def subset_sequence(seq_dir: Path, every: int, root: Path) -> Path:
+    """A sequence folder under ``root`` with every ``every``-th frame of ``seq_dir`` (the
+    first included): images (links to the originals), their ground-truth poses (and depth
+    maps where the sequence has them), the same intrinsics. It is how the benchmark
+    builds few-view inputs from a video (issue 24: castle-P30 every 6th frame = 5 photos).
+
+    Returns:
+        the folder, named ``<name>-every<K>``; rebuilt on every call.
+
+    Raises:
+        InputError: fewer than 3 frames would remain.
+    """
+    from flowmap.layout import read_poses, write_poses
+
+    names = list_images(seq_dir / "images")[::every]
+    if len(names) < 3:
+        raise InputError(f"{seq_dir}{SUBSET_MARK}{every} keeps {len(names)} frames; flowmap needs at least 3")
+    dst = Path(root) / f"{seq_dir.resolve().name}-every{every}"
+    if dst.exists():
+        import shutil
+
+        shutil.rmtree(dst)
+    (dst / "images").mkdir(parents=True)
+    for name in names:
+        (dst / "images" / name).symlink_to((seq_dir / "images" / name).resolve())
+    gt_names, c2w = read_poses(seq_dir / "poses.txt")
+    index = {n: k for k, n in enumerate(gt_names)}
+    kept = [n for n in names if n in index]
+    write_poses(dst / "poses.txt", kept, c2w[[index[n] for n in kept]])
+    (dst / "intrinsics.json").write_text((seq_dir / "intrinsics.json").read_text())
+    if (seq_dir / "depth").is_dir():
+        (dst / "depth").mkdir()
+        for name in names:
+            for f in (seq_dir / "depth").glob(f"{Path(name).stem}.*"):
+                (dst / "depth" / f.name).symlink_to(f.resolve())
+    return dst
+
+
 # --------------------------------------------------------------------------- rows
 
 ROW_KEYS = (
@@ -334,7 +390,8 @@ def _run_flowmap(
         warnings=list(result.warnings),
         outputs=None if out is None else str(out),
     )
-    row.update(_evaluate(rec.names, rec.c2w, rec.K, rec.image_size, seq_dir, rec.depth))
+    posed = rec.posed()  # frames that could not be registered count as unregistered, as COLMAP's do
+    row.update(_evaluate(posed.names, posed.c2w, posed.K, posed.image_size, seq_dir, posed.depth))
     if rec.refinement.get("depth_agreement") is not None:
         row["depth_agreement"] = rec.refinement["depth_agreement"]
     rows = [row]
@@ -400,7 +457,7 @@ def _stderr(message: str) -> None:
 
 
 def run_bench(
-    seq_dirs: list[Path],
+    seq_dirs: list[Path | str],
     out_root: Path,
     config: RunConfig | None = None,
     mappers: tuple[str, ...] = ("incremental", "global"),
@@ -425,7 +482,9 @@ def run_bench(
 
     Args:
         seq_dirs: sequence folders in the shared layout (``images/NNNNNN.jpg``,
-            ``poses.txt`` camera-to-world OpenCV axes, ``intrinsics.json``).
+            ``poses.txt`` camera-to-world OpenCV axes, ``intrinsics.json``); ``PATH::K``
+            benchmarks every K-th frame of PATH (:func:`subset_sequence`, built under
+            ``out_root/subsets``), filed as ``<name>-every<K>``.
         out_root: results folder: ``bench.json``, and per sequence ``<name>/flowmap``
             (flowmap's outputs, report with the ground truth overlaid) and
             ``<name>/colmap-<mapper>`` (COLMAP database and models).
@@ -451,12 +510,12 @@ def run_bench(
         InputError: a folder is not a sequence, an unknown mapper is asked for, or
             another flowmap process writes ``out_root`` (its lock, :func:`flowmap.io.lock_out`).
     """
-    seq_dirs = [Path(s) for s in seq_dirs]
-    if not seq_dirs:
+    parsed = [parse_sequence(s) for s in seq_dirs]
+    if not parsed:
         raise InputError("no sequence folders given; pass one or more folders with images/, poses.txt, intrinsics.json")
-    for seq_dir in seq_dirs:
+    for seq_dir, _ in parsed:
         check_sequence(seq_dir)
-    seq_names = [s.resolve().name for s in seq_dirs]
+    seq_names = [s.resolve().name + (f"-every{k}" if k > 1 else "") for s, k in parsed]
     if len(set(seq_names)) != len(seq_names):
         raise InputError(f"sequence folder names must differ (results are filed by name), got {seq_names}")
     unknown = [m for m in mappers if m not in ("incremental", "global")]
@@ -478,6 +537,7 @@ def run_bench(
     out_root = Path(out_root)
     with lock_out(out_root):  # two benches into one folder would delete each other's caches
         out_root.mkdir(parents=True, exist_ok=True)
+        seq_dirs = [s if k == 1 else subset_sequence(s, k, out_root / "subsets") for s, k in parsed]
         rows: list[dict] = []
         for seq_dir, name in zip(seq_dirs, seq_names):
             names = list_images(seq_dir / "images")

@@ -189,7 +189,9 @@ def run(
         for warning in result.warnings:
             print(f"warning: {warning}", file=sys.stderr)
         rec = result.reconstruction
-        print(f"{rec.n} frames posed, focal {rec.K[0, 0]:.1f} px, {result.timings['total_s']:.0f} s -> {out}", file=sys.stderr)
+        posed = int(rec.posed_mask.sum())
+        unposed = "" if posed == rec.n else f" ({rec.n - posed} of {rec.n} could not be registered: see summary.json)"
+        print(f"{posed} frames posed{unposed}, focal {rec.K[0, 0]:.1f} px, {result.timings['total_s']:.0f} s -> {out}", file=sys.stderr)
         if gt is not None:
             from flowmap.evaluation import evaluate_run
 
@@ -320,7 +322,9 @@ def demo(
 
 @app.command()
 def bench(
-    seq_dirs: list[Path] = typer.Argument(..., help="Sequence folders (images/, poses.txt, intrinsics.json)."),
+    seq_dirs: list[str] = typer.Argument(
+        ..., help="Sequence folders (images/, poses.txt, intrinsics.json); FOLDER::K keeps every K-th frame (a few-view subset)."
+    ),
     out: Path = typer.Option(Path("bench-out"), "-o", "--out", help="Results folder (bench.json)."),
     steps: Optional[int] = typer.Option(None, help="flowmap optimisation steps."),
     device: str = typer.Option("auto", help="flowmap device: auto | cpu | cuda"),

@@ -51,7 +51,6 @@ from flowmap.outputs import write_outputs
 from flowmap.pretrained import Pretrained
 from flowmap.refine import RefineConfig, Refinement, refine
 from flowmap.refine.depth import fit_scales
-from flowmap.refine.features import opencv_sift_all
 from flowmap.resolution import resize_images, working_shape
 from flowmap.solve import solve
 from flowmap.types import Frames, Reconstruction, Solution
@@ -194,45 +193,15 @@ def _reconstruct(
     warnings += checks.valid_flow_warnings(corr, frames.names, config.checks)
     warnings += checks.texture_warnings(working, frames.names, config.checks)
 
-    with _sift_beside(frames, config.refine, timings) as sift:
-        return _optimise_and_refine(frames, corr, working, config, device, init, cache, timings, warnings, sift)
-
-
-@contextlib.contextmanager
-def _sift_beside(frames: Frames, config: RefineConfig | None, timings: dict[str, float]):
-    """The refinement's SIFT features computed in one background thread while the descent
-    and the final solve run (the features need only the frames; OpenCV releases the GIL):
-    yields a future of :func:`flowmap.refine.features.opencv_sift_all`, or None without a
-    refinement or with COLMAP's own features. The descent leaves part of the second core
-    idle: on tum-office 13.1-13.4 s against 12.8-13.1 s for the run, llff-fern the same
-    (18.0-18.6 s; 2 cores, 2026-12-04); started during the flow instead, they slowed it
-    by as much as they saved. With more cores the features come for free. On exit the thread is waited for (a feature
-    extraction under way finishes), so a failed run leaves no thread behind."""
-    if config is None or config.features != "opencv":
-        yield None
-        return
-    from concurrent.futures import ThreadPoolExecutor
-
-    def job():
-        t0 = time.perf_counter()
-        found = opencv_sift_all(frames.images, config, threads=1)
-        timings["sift_background_s"] = time.perf_counter() - t0
-        return found
-
-    pool = ThreadPoolExecutor(1, thread_name_prefix="flowmap-sift")
-    try:
-        yield pool.submit(job)
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    return _optimise_and_refine(frames, corr, working, config, device, init, cache, timings, warnings)
 
 
 def _optimise_and_refine(
     frames: Frames, corr, working: np.ndarray, config: RunConfig, device: str, init: Pretrained | None, cache: Path | None,
-    timings: dict[str, float], warnings: list[str], sift,
+    timings: dict[str, float], warnings: list[str],
 ) -> tuple[Frames, Reconstruction]:
     """:func:`_reconstruct` after the correspondences ``corr`` of the ``working`` frames:
-    descent, solve, refinement (with the features of ``sift``, a future from
-    :func:`_sift_beside` or None), depth."""
+    descent, solve, refinement, depth."""
     t0 = time.perf_counter()
     image_size = (frames.height, frames.width)
     data = VideoTensors.from_numpy(working, corr, device)
@@ -259,7 +228,7 @@ def _optimise_and_refine(
     if config.refine is not None:
         t0 = time.perf_counter()
         work_dir = None if cache is None else cache / "refine"  # a killed run leaves it where cleanup and --resume see it
-        refined = _refine(frames, solution, config.refine, config.progress, warnings, work_dir, sift)
+        refined = _refine(frames, solution, config.refine, config.progress, warnings, work_dir)
         timings["refine_s"] = time.perf_counter() - t0
     depth = solution.depth
     if refined is not None:
@@ -280,18 +249,13 @@ def _optimise_and_refine(
 
 
 def _refine(
-    frames: Frames, solution: Solution, config: RefineConfig, progress: bool, warnings: list[str], work_dir: Path | None = None,
-    sift=None,
+    frames: Frames, solution: Solution, config: RefineConfig, progress: bool, warnings: list[str], work_dir: Path | None = None
 ) -> Refinement | None:
     """The refinement stage on the input frames (COLMAP's working folder at ``work_dir``,
-    None: the system's temporary directory; ``sift``: a future of the frames' features,
-    see :func:`_sift_beside`); None (FlowMap's cameras kept, with a warning) where COLMAP
-    itself fails on this input."""
+    None: the system's temporary directory); None (FlowMap's cameras kept, with a
+    warning) where COLMAP itself fails on this input."""
     try:
-        found = None if sift is None else sift.result()
-        refined = refine(
-            frames.images, solution.c2w, solution.K, solution.depth, config, progress=progress, work_dir=work_dir, sift=found
-        )
+        refined = refine(frames.images, solution.c2w, solution.K, solution.depth, config, progress=progress, work_dir=work_dir)
     except (RuntimeError, ValueError) as exc:
         warnings.append(f"the global refinement failed ({exc}); FlowMap's cameras are kept")
         return None
@@ -344,6 +308,7 @@ def _as_reconstruction(
         flowmap_c2w=None if refined is None else solution.c2w,
         flowmap_K=None if refined is None else solution.K,
         refinement=refinement,
+        registered=None if refined is None or not refined.applied else refined.registered,
     )
 
 

@@ -22,7 +22,7 @@ Conventions used everywhere in flowmap:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +56,13 @@ class Frames:
     @property
     def height(self) -> int:
         return int(self.images.shape[1])
+
+    def subset(self, keep: np.ndarray) -> "Frames":
+        """The frames at the sorted indices ``keep`` (names and source indices with them)."""
+        keep = np.asarray(keep, dtype=np.int64)
+        return replace(
+            self, images=self.images[keep], names=[self.names[k] for k in keep], source_indices=[self.source_indices[k] for k in keep]
+        )
 
     @property
     def width(self) -> int:
@@ -182,6 +189,9 @@ class Reconstruction:
         refinement: what the refinement stage measured (:mod:`flowmap.refine`: pairs,
             tracks, observations, reprojection error and focal before/after, rounds,
             termination, seconds, ``applied``); empty without one.
+        registered: (N,) bool, False for frames that could not be registered (their
+            ``c2w`` is an unmeasured placeholder; the outputs leave them out, see
+            :meth:`posed`); None: every frame is posed.
     """
 
     c2w: np.ndarray
@@ -199,10 +209,40 @@ class Reconstruction:
     flowmap_c2w: np.ndarray | None = None
     flowmap_K: np.ndarray | None = None
     refinement: dict = field(default_factory=dict)
+    registered: np.ndarray | None = None
 
     @property
     def n(self) -> int:
         return int(self.c2w.shape[0])
+
+    @property
+    def posed_mask(self) -> np.ndarray:
+        """(N,) bool: the frames with a measured pose."""
+        return np.ones(self.n, bool) if self.registered is None else np.asarray(self.registered, bool)
+
+    def posed(self) -> "Reconstruction":
+        """This reconstruction restricted to its posed frames (itself when all are).
+
+        The weights of a kept frame stay the ones on its own pixels (its pair with the
+        frame before it in the input), so that ``weights[j - 1]`` still belongs to kept
+        frame ``j``.
+        """
+        keep = np.flatnonzero(self.posed_mask)
+        if len(keep) == self.n:
+            return self
+        weights = self.weights
+        if weights is not None:
+            weights = weights[keep[1:] - 1]  # keep is sorted, so keep[1:] >= 1
+        return replace(
+            self,
+            c2w=self.c2w[keep],
+            depth=self.depth[keep],
+            weights=weights,
+            names=[self.names[k] for k in keep],
+            images=self.images[keep],
+            flowmap_c2w=None if self.flowmap_c2w is None else self.flowmap_c2w[keep],
+            registered=None,
+        )
 
     @property
     def working_size(self) -> tuple[int, int]:

@@ -56,7 +56,9 @@ def write_outputs(
         out_dir: the output folder; must not exist, be empty, or ``overwrite``.
         cfg: what to write.
         summary: extra entries for ``summary.json`` (e.g. the command line, input
-            path). They are merged over what is derived from ``rec`` (nested dicts are
+            path). Frames of ``rec`` that are not registered (``rec.registered``) are left
+            out of every file and named under ``unregistered_frames``; ``frames_posed``
+            counts the others. They are merged over what is derived from ``rec`` (nested dicts are
             merged key by key). A ``time_s`` given here is the time before the output
             stage; the output time is added to it.
         overwrite: replace an existing non-empty ``out_dir`` (only once the new one is
@@ -75,6 +77,10 @@ def write_outputs(
     out_dir = Path(out_dir)
     check_out_dir(out_dir, overwrite)
     check_consistent(rec, frames)
+    unposed = [name for name, ok in zip(rec.names, rec.posed_mask) if not ok]
+    if unposed:  # frames that could not be registered are reported, never written with a made-up pose
+        frames, rec = frames.subset(np.flatnonzero(rec.posed_mask)), rec.posed()
+    summary = merge({"frames_posed": rec.n, "unregistered_frames": unposed}, summary or {})
     if cfg.report and cfg.gt_dir is not None:  # fail before any work on a bad ground truth
         from flowmap.evaluation import read_ground_truth
 
@@ -82,7 +88,7 @@ def write_outputs(
     with atomic_dir(out_dir) as tmp:
         extra = write_contents(rec, frames, tmp, cfg)
         timings = {**rec.timings, "outputs_s": time.perf_counter() - t0}
-        write_summary(tmp / "summary.json", rec, frames, cfg, extra, timings, summary or {})
+        write_summary(tmp / "summary.json", rec, frames, cfg, extra, timings, summary)
     if warnings is not None:
         warnings.extend(w for w in extra["warnings"] if w not in warnings)
     return out_dir

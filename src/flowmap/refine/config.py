@@ -147,7 +147,12 @@ class RefineConfig:
             a feed-forward tum-office start (``--steps 0``, focal 35 % low) adjusted to
             focal error 1.27 % and ATE 0.00096 but was rejected at 1.5.
         max_weak_fraction: more unconstrained frames than this fraction of N rejects
-            the refinement.
+            the refinement, unless the cameras were re-initialised from the verified
+            pairs (FlowMap's chain disagreed with them) and at least 3 frames are
+            constrained: then, with ``report_unregistered``, the refinement is kept and
+            the unconstrained frames are reported as not registered (issue 24: a few
+            wide-baseline photos where FlowMap's flow fails between some of them).
+        report_unregistered: see ``max_weak_fraction``.
         max_frame_disagreement_deg: a frame whose median disagreement with its verified
             pairs still exceeds this after the adjustment (degrees) is named in a warning:
             its pose is unreliable. Measured after the adjustment in the bench of
@@ -212,6 +217,7 @@ class RefineConfig:
     max_focal_ratio_explained: float = 4.0
     focal_explained_max_disagreement_deg: float = 1.0
     max_weak_fraction: float = 0.25
+    report_unregistered: bool = True
     max_frame_disagreement_deg: float = 10.0
     max_rotation_disagreement_deg: float = 5.0
     depth_node_px: float | None = 16.0
@@ -282,6 +288,9 @@ class Refinement:
             ``depth_node_px`` is None); None when not applied.
         observed: N int64 arrays, the rows of ``points_xyz`` each frame observes in the
             adjusted reconstruction (empty lists when not applied).
+        registered: (N,) bool, False for the frames the refinement could not register
+            (their ``c2w`` is FlowMap's pose relative to the nearest registered frame, not
+            a measurement: the outputs leave them out); None: every frame.
     """
 
     c2w: np.ndarray
@@ -294,6 +303,7 @@ class Refinement:
     applied: bool = True
     depth: np.ndarray | None = None
     observed: list[np.ndarray] = field(default_factory=list)
+    registered: np.ndarray | None = None
 
     def points_seen(self) -> list[np.ndarray]:
         """N arrays (P_i, 3): the adjusted points each frame observes."""

@@ -82,8 +82,7 @@ def _focal_move_reason(f_before: float, K_new: np.ndarray, disagreement: float, 
 
 
 def refine(
-    images, c2w, K, depth, config: RefineConfig = RefineConfig(), progress: bool = True, work_dir: Path | None = None,
-    sift: list[tuple[np.ndarray, np.ndarray]] | None = None,
+    images, c2w, K, depth, config: RefineConfig = RefineConfig(), progress: bool = True, work_dir: Path | None = None
 ) -> Refinement:
     """Refine FlowMap's cameras with SIFT matches, triangulation and bundle adjustment.
 
@@ -110,10 +109,6 @@ def refine(
             at the end (:func:`flowmap.io.scratch_dir`); None: a new folder in the
             system's temporary directory. A run puts it in its ``OUT.cache`` so that a
             killed run leaves it only where the run's own cleanup and ``--resume`` see it.
-        sift: the frames' OpenCV SIFT features when already computed
-            (:func:`flowmap.refine.features.opencv_sift_all` with this ``config``; a run
-            computes them beside its descent); None: computed here. Used with
-            ``config.features`` "opencv" only.
 
     Returns:
         :class:`Refinement` in FlowMap's frame: c2w[0] = I and the trajectory's scale
@@ -128,7 +123,8 @@ def refine(
         input depth against the points triangulated with the input cameras; after: the
         returned depth against the adjusted points), depth_agreement_field_heldout (the
         same for the correction field fitted on half of the observations, tested on the
-        other half), unconstrained_frames, frames_off_after (frames more than
+        other half), unconstrained_frames, unregistered_frames (the frames reported as
+        not posed, see ``Refinement.registered``), frames_off_after (frames more than
         ``max_frame_disagreement_deg`` from their verified pairs after the adjustment,
         named in a warning), max_jump. The "before" entries
         (reproj_px_before, observations_before, depth_agreement_before) need the input
@@ -162,7 +158,7 @@ def refine(
         t0 = time.perf_counter()
         names = features.write_images(images, image_dir)
         if config.features == "opencv":
-            features.extract_opencv(db, image_dir, names, images, K, config, sift=sift)
+            features.extract_opencv(db, image_dir, names, images, K, config)
         else:
             features.extract(db, image_dir, names, K, config)
         sec["features_s"] = time.perf_counter() - t0
@@ -290,8 +286,16 @@ def refine(
                 reasons.append(f"reprojection error grew ({s0['reproj_px']:.2f} -> {s1['reproj_px']:.2f} px)")
             if s1["observations"] < 0.5 * s0["observations"]:
                 reasons.append(f"inlier observations fell ({s0['observations']} -> {s1['observations']})")
+        unregistered: list[int] = []
         if len(weak) > config.max_weak_fraction * n:
-            reasons.append(f"{len(weak)} of {n} frames left unconstrained")
+            if stats["reinit"] and good.sum() >= 3 and config.report_unregistered:
+                # FlowMap's chain disagreed with the verified pairs, so its poses for the
+                # frames the matches do not reach are not trusted either (issue 24: a few
+                # wide-baseline photos): those frames are reported, not posed.
+                unregistered = list(weak)
+            else:
+                reasons.append(f"{len(weak)} of {n} frames left unconstrained")
+        stats["unregistered_frames"] = unregistered
         after = result["median"]
         stats["rotation_disagreement_after_deg"] = after
         stats["rotation_disagreement_frames_after_deg"] = _degrees(result["frames"])
@@ -335,7 +339,12 @@ def refine(
                 f"frames {off} disagree with their verified pairs by more than {config.max_frame_disagreement_deg:g} deg "
                 f"after the refinement (up to {result['worst']:.0f} deg): their poses, and maybe the frames beyond them, are unreliable"
             )
-        if weak:
+        if unregistered:
+            warnings.append(
+                f"frames {unregistered} could not be registered (fewer than {config.min_observations_per_frame} adjusted "
+                f"observations, and FlowMap's chain disagrees with the verified pairs): {n - len(unregistered)} of {n} frames posed"
+            )
+        elif weak:
             warnings.append(
                 f"frames {weak} have fewer than {config.min_observations_per_frame} adjusted observations: "
                 "they keep their FlowMap pose relative to the nearest refined frame"
@@ -369,4 +378,7 @@ def refine(
     sec["total_s"] = time.perf_counter() - t_all
     agree0 = stats.get("depth_agreement_before", float("nan"))
     say(f"focal {f_before:.2f} -> {stats['focal_after']:.2f} px, depth agreement {agree0:.4f} -> {agree1:.4f}, {sec['total_s']:.1f} s")
-    return Refinement(out_c2w, K_new, scales, xyz, rgb, stats, warnings, applied=True, depth=depth_out, observed=observed)
+    registered = np.array([k not in unregistered for k in range(n)])
+    return Refinement(
+        out_c2w, K_new, scales, xyz, rgb, stats, warnings, applied=True, depth=depth_out, observed=observed, registered=registered
+    )

@@ -63,18 +63,14 @@ def _opencv_sift(image: np.ndarray, max_features: int, peak_threshold: float) ->
 def opencv_sift_all(images: np.ndarray, cfg, threads: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
     """:func:`_opencv_sift` on every (H, W, 3) uint8 RGB frame of ``images`` with the
     settings of ``cfg`` (:class:`flowmap.refine.RefineConfig`), ``threads`` frames at a
-    time (default ``cfg.num_threads``). Needs only the frames: a run computes it while
-    its descent runs and hands it to :func:`flowmap.refine.refine` (``sift=``)."""
+    time (default ``cfg.num_threads``)."""
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max(1, cfg.num_threads if threads is None else threads)) as pool:
         return list(pool.map(lambda im: _opencv_sift(im, cfg.max_num_features, cfg.sift_peak_threshold), images))
 
 
-def extract_opencv(
-    database: Path, image_dir: Path, names: list[str], images: np.ndarray, K: np.ndarray, cfg,
-    sift: list[tuple[np.ndarray, np.ndarray]] | None = None,
-) -> None:
+def extract_opencv(database: Path, image_dir: Path, names: list[str], images: np.ndarray, K: np.ndarray, cfg) -> None:
     """OpenCV SIFT on every frame into ``database`` (frames imported by COLMAP's own
     image reader, one shared camera initialised from K as :func:`extract` does).
 
@@ -82,21 +78,15 @@ def extract_opencv(
     (``first_octave`` -1) at about a third of COLMAP's extraction time here (0.88 s
     against 2.5 s for tum-office's 17 frames, 2 threads), so the refinement keeps the
     precise small-scale keypoints that COLMAP's cheaper ``first_octave`` 0 loses (see
-    :class:`flowmap.refine.RefineConfig`). ``sift``: the features of
-    :func:`opencv_sift_all` when already computed (one (keypoints, descriptors) per frame).
-
-    Raises:
-        ValueError: ``sift`` does not hold one entry per frame.
+    :class:`flowmap.refine.RefineConfig`).
     """
     import pycolmap
 
-    if sift is not None and len(sift) != len(names):
-        raise ValueError(f"sift holds {len(sift)} frames' features for {len(names)} frames")
     reader = pycolmap.ImageReaderOptions()
     reader.camera_model = cfg.camera_model
     pycolmap.Database.open(database).close()  # an empty database for the import
     pycolmap.import_images(database, image_dir, pycolmap.CameraMode.SINGLE, names, reader)
-    found = opencv_sift_all(images, cfg) if sift is None else sift
+    found = opencv_sift_all(images, cfg)
     db = pycolmap.Database.open(database)
     try:
         ids = {img.name: img.image_id for img in db.read_all_images()}

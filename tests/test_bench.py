@@ -256,7 +256,7 @@ def test_exif_focal_is_not_given_to_colmap(tmp_path):
     assert not camera.has_prior_focal_length and camera.params[0] == pytest.approx(1.2 * 192)
 
 
-@needs_data
+@needs_data("castle-P30")
 def test_few_view_subsets_are_built_from_a_sequence(tmp_path):
     """``PATH::K`` benchmarks every K-th frame (issue 24's few-view inputs): the subset
     holds those images, their ground-truth poses and the intrinsics, nothing else."""

@@ -46,8 +46,19 @@ def test_field_undoes_a_smooth_distortion():
     assert corrected.dtype == np.float32 and corrected.shape == depth.shape
 
 
+def test_a_frame_with_few_points_follows_its_fitted_neighbour():
+    """A frame with a handful of (wrong) points among fitted frames takes the factor of its
+    nearest fitted neighbour, not its own points' (tartanair-hospital, frame 125: 6,000x),
+    and a frame without points is rescaled like its neighbours, not left at 1."""
+    depth, c2w, K, pts = _scene(n=4)
+    pts[1] = pts[1][:5] * 1000.0  # an unconstrained frame's few points, far off
+    pts[3] = pts[3][:0]
+    corrected, held, ins = fit_correction(depth * 2.0, c2w, K, pts, min_points=30)
+    np.testing.assert_allclose(corrected, depth, rtol=0.02)
+
+
 def test_few_points_give_the_median_factor():
-    """A frame with fewer than min_points observations is scaled by its median ratio only."""
+    """No frame has min_points observations: all frames get the median ratio of all points."""
     depth, c2w, K, pts = _scene(points=5)
     corrected, held, ins = fit_correction(depth * 2.0, c2w, K, pts, min_points=30)
     np.testing.assert_allclose(corrected, depth, rtol=1e-5)

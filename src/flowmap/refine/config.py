@@ -271,6 +271,8 @@ class RefineConfig:
             raise ValueError("max_focal_ratio_explained must be >= max_focal_ratio and max_focal_ratio_reinit, focal_explained_max_disagreement_deg > 0")
         if not self.max_frame_disagreement_deg > 0:
             raise ValueError(f"max_frame_disagreement_deg must be > 0, got {self.max_frame_disagreement_deg}")
+        if self.few_views_max_frames < 0:
+            raise ValueError(f"few_views_max_frames must be >= 0, got {self.few_views_max_frames}")
         if self.temporal_window < 1 or self.max_pairs_per_frame < 0 or self.exhaustive_max_frames < 0:
             raise ValueError("temporal_window >= 1, max_pairs_per_frame >= 0 and exhaustive_max_frames >= 0 are required")
 

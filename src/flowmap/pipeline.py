@@ -40,7 +40,7 @@ from flowmap import checks
 from flowmap.camera import K_at
 from flowmap.config import RunConfig  # flowmap.pipeline.RunConfig keeps working (it lived here)
 from flowmap.correspondences.cache import load_or_compute
-from flowmap.errors import FlowmapError
+from flowmap.errors import DegenerateInputError, FlowmapError
 from flowmap.finetune import FinetuneResult, finetune_depth
 from flowmap.frames import load_frames
 from flowmap.io import lock_out
@@ -99,7 +99,8 @@ def run(source: str | Path | Frames, out: Path | None = None, config: RunConfig 
         InputError: an option or path is invalid, the source cannot be read, or the run
             would need more memory than is available.
         OutputError: the outputs, cache or lock cannot be written (disk full, permissions).
-        DegenerateInputError: the frames are (nearly) identical.
+        DegenerateInputError: the frames are (nearly) identical, or a few photos that
+            neither the flow nor the verified matches tie together (no frame posed).
         NumericalError: the optimisation diverged or produced invalid cameras.
     """
     config = config or RunConfig()
@@ -230,6 +231,11 @@ def _optimise_and_refine(
         work_dir = None if cache is None else cache / "refine"  # a killed run leaves it where cleanup and --resume see it
         refined = _refine(frames, solution, config.refine, config.progress, warnings, work_dir)
         timings["refine_s"] = time.perf_counter() - t0
+        if refined is not None and refined.registered is not None and not refined.registered.any():
+            raise DegenerateInputError(
+                f"none of the {frames.n} frames could be posed: the verified matches between them do not register them and "
+                "they contradict FlowMap's cameras (COLMAP fails on such inputs too); give photos with more overlap, or more of them"
+            )
     depth = solution.depth
     if refined is not None:
         depth = refined.depth if refined.depth is not None else solution.depth * refined.depth_scale[:, None, None]
@@ -308,7 +314,7 @@ def _as_reconstruction(
         flowmap_c2w=None if refined is None else solution.c2w,
         flowmap_K=None if refined is None else solution.K,
         refinement=refinement,
-        registered=None if refined is None or not refined.applied else refined.registered,
+        registered=None if refined is None else refined.registered,
     )
 
 

@@ -152,7 +152,13 @@ class RefineConfig:
             constrained: then, with ``report_unregistered``, the refinement is kept and
             the unconstrained frames are reported as not registered (issue 24: a few
             wide-baseline photos where FlowMap's flow fails between some of them).
-        report_unregistered: see ``max_weak_fraction``.
+        report_unregistered: see ``max_weak_fraction`` and ``few_views_max_frames``.
+        few_views_max_frames: with at most this many frames (a few photos), a rejected
+            refinement keeps FlowMap's cameras only where the verified pairs confirm them
+            (every frame has a verified pair and agrees with its pairs to
+            ``max_rotation_disagreement_deg``); otherwise no frame is posed and the run
+            says so (castle-P30 every 10th frame, fountain-P11 every 5th: COLMAP builds no
+            model either, FlowMap's cameras were 30-50 degrees off).
         max_frame_disagreement_deg: a frame whose median disagreement with its verified
             pairs still exceeds this after the adjustment (degrees) is named in a warning:
             its pose is unreliable. Measured after the adjustment in the bench of
@@ -218,6 +224,7 @@ class RefineConfig:
     focal_explained_max_disagreement_deg: float = 1.0
     max_weak_fraction: float = 0.25
     report_unregistered: bool = True
+    few_views_max_frames: int = 8
     max_frame_disagreement_deg: float = 10.0
     max_rotation_disagreement_deg: float = 5.0
     depth_node_px: float | None = 16.0
@@ -264,6 +271,8 @@ class RefineConfig:
             raise ValueError("max_focal_ratio_explained must be >= max_focal_ratio and max_focal_ratio_reinit, focal_explained_max_disagreement_deg > 0")
         if not self.max_frame_disagreement_deg > 0:
             raise ValueError(f"max_frame_disagreement_deg must be > 0, got {self.max_frame_disagreement_deg}")
+        if self.few_views_max_frames < 0:
+            raise ValueError(f"few_views_max_frames must be >= 0, got {self.few_views_max_frames}")
         if self.temporal_window < 1 or self.max_pairs_per_frame < 0 or self.exhaustive_max_frames < 0:
             raise ValueError("temporal_window >= 1, max_pairs_per_frame >= 0 and exhaustive_max_frames >= 0 are required")
 

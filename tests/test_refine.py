@@ -171,18 +171,22 @@ def test_frames_the_matches_cannot_reach_are_reported_not_posed(scene):
     assert not strict.applied and any("4 of 12 frames left unconstrained" in w for w in strict.warnings)
 
 
-def test_a_few_photos_nothing_ties_together_are_not_posed(scene):
-    """Issue 24: four views that share nothing (noise) and FlowMap cameras no verified
-    pair confirms: no frame is posed and the warning says so (the run then stops with one
-    line, pipeline.run), instead of FlowMap's cameras being written as if right."""
-    rng = np.random.default_rng(1)
-    images = rng.integers(0, 256, scene.images[:4].shape, dtype=np.uint8)
-    res = refine(images, _garbage_cameras(4), scene.K, scene.depth[:4, ::2, ::2], RefineConfig(), progress=False)
+def test_a_few_photos_the_pairs_contradict_are_not_posed(scene):
+    """Issue 24: four views whose verified pairs contradict FlowMap's cameras (garbage)
+    and a refinement that cannot fix them (re-initialisation off): no frame is posed and
+    the warning says so (the run then stops with one line, pipeline.run), instead of
+    FlowMap's cameras being written as if right. Views that share nothing (noise: no
+    measured pair) give no evidence, and keep FlowMap's cameras with a warning."""
+    images, depth, garbage = scene.images[::4], scene.depth[::4, ::2, ::2], _garbage_cameras(4)
+    res = refine(images, garbage, scene.K, depth, RefineConfig(reinit="never"), progress=False)
     assert not res.applied and res.registered is not None and not res.registered.any()
     assert res.stats["unregistered_frames"] == [0, 1, 2, 3]
     assert any("none of the 4 frames could be posed" in w for w in res.warnings)
-    video = refine(images, _garbage_cameras(4), scene.K, scene.depth[:4, ::2, ::2], RefineConfig(few_views_max_frames=3), progress=False)
+    video = refine(images, garbage, scene.K, depth, RefineConfig(reinit="never", few_views_max_frames=3), progress=False)
     assert not video.applied and video.registered is None  # longer inputs keep FlowMap's cameras, with a warning
+    noise = np.random.default_rng(1).integers(0, 256, images.shape, dtype=np.uint8)
+    unmatched = refine(noise, garbage, scene.K, depth, RefineConfig(), progress=False)
+    assert not unmatched.applied and unmatched.registered is None
 
 
 def test_refine_rejects_bad_inputs(scene):

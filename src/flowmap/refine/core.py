@@ -47,21 +47,21 @@ def _fallback(c2w, K, n, stats, warnings, message, config: RefineConfig | None =
     """FlowMap's cameras kept (``applied`` False), with ``message`` as a warning.
 
     Few views (issue 24): with at most ``config.few_views_max_frames`` frames and
-    ``config.report_unregistered``, FlowMap's cameras are kept only where the verified
-    pairs confirm them: every frame has a verified pair and its median rotation
-    disagreement with them (``per_frame``, degrees; None: not measured) is at most
-    ``config.max_rotation_disagreement_deg``. Otherwise no frame is posed
-    (``registered`` all False, ``stats["unregistered_frames"]`` all frames): a few
-    wide-baseline photos that neither FlowMap's flow nor the matches tie together are
-    reported, not written with wrong poses (castle-P30 every 10th frame: ATE 0.14, 53
-    degrees of rotation error, where COLMAP builds no model either).
+    ``config.report_unregistered``, when the verified pairs contradict FlowMap's cameras
+    (some frame's median rotation disagreement with its pairs, ``per_frame`` in degrees,
+    exceeds ``config.max_rotation_disagreement_deg``), no frame is posed (``registered``
+    all False, ``stats["unregistered_frames"]`` all frames): a few wide-baseline photos
+    that neither FlowMap's flow nor the matches tie together are reported, not written
+    with wrong poses (castle-P30 every 10th frame: ATE 0.14, 53 degrees of rotation
+    error, where COLMAP builds no model either). Without such evidence (no pair with a
+    measured rotation, e.g. a nearly static camera) FlowMap's cameras are kept as before.
     """
     warnings.append(message)
     stats["termination"] = "fallback"
     registered = None
-    if config is not None and config.report_unregistered and n <= config.few_views_max_frames:
-        confirmed = per_frame is not None and bool(np.all(np.isfinite(per_frame) & (per_frame <= config.max_rotation_disagreement_deg)))
-        if not confirmed:
+    if config is not None and config.report_unregistered and n <= config.few_views_max_frames and per_frame is not None:
+        measured = per_frame[np.isfinite(per_frame)]
+        if np.any(measured > config.max_rotation_disagreement_deg):
             registered = np.zeros(n, bool)
             stats["unregistered_frames"] = list(range(n))
             warnings.append(

@@ -78,7 +78,8 @@ def main(argv=None) -> int:
         res = refine(images, c2w, K, depth, cfg, progress=True)
         wall = time.perf_counter() - t0
         before = metrics(c2w, K, gt_c2w, gt_intr, W)
-        after = metrics(res.c2w, res.K, gt_c2w, gt_intr, W)
+        posed = np.ones(len(names), bool) if res.registered is None else res.registered
+        after = metrics(res.c2w[posed], res.K, gt_c2w[posed], gt_intr, W) if posed.any() else {k: float("nan") for k in before}
         row = {
             "seq": seq.name,
             "config": overrides,

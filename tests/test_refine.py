@@ -189,6 +189,21 @@ def test_a_few_photos_the_pairs_contradict_are_not_posed(scene):
     assert not unmatched.applied and unmatched.registered is None
 
 
+def test_forward_motion_tells_driving_from_sideways_and_orbits(scene):
+    """Issue 24: forward motion (kitti-06) switches the refinement to DSP-SIFT; the measure
+    is ~1 along the optical axis, ~0 sideways and on an orbit, 0 without motion."""
+    from flowmap.refine.core import forward_motion
+
+    n = 10
+    along = np.tile(np.eye(4), (n, 1, 1))
+    along[:, 2, 3] = np.arange(n) * 1.2  # driving: the camera moves along +z, its axis
+    sideways = np.tile(np.eye(4), (n, 1, 1))
+    sideways[:, 0, 3] = np.arange(n) * 0.1
+    assert forward_motion(along) > 0.99 and forward_motion(sideways) < 0.01
+    assert forward_motion(scene.c2w) < 0.35  # the synthetic orbit
+    assert forward_motion(np.tile(np.eye(4), (n, 1, 1))) == 0.0
+
+
 def test_refine_rejects_bad_inputs(scene):
     with pytest.raises(ValueError):
         refine(scene.images[:2], scene.c2w[:2], scene.K, scene.depth[:2], progress=False)
@@ -255,7 +270,8 @@ def test_long_videos_stop_the_adjustment_rounds_earlier():
 def test_refine_config_rejects_bad_new_settings():
     for bad in ({"sift_first_octave": 3}, {"sift_dsp_scales": 0}, {"converge_tol": 0.0}, {"reinit_ba_rounds": 0}, {"temporal_window": 0},
                 {"max_frame_disagreement_deg": 0.0}, {"features": "orb"}, {"rounds_long": 0}, {"function_tolerance": 0.0},
-                {"max_focal_ratio_explained": 1.2}, {"focal_explained_max_disagreement_deg": 0.0}):
+                {"max_focal_ratio_explained": 1.2}, {"focal_explained_max_disagreement_deg": 0.0},
+                {"forward_features": "orb"}, {"forward_motion_min_cos": 1.5}):
         with pytest.raises(ValueError):
             RefineConfig(**bad).check()
 

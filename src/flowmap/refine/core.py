@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +73,25 @@ def _fallback(c2w, K, n, stats, warnings, message, config: RefineConfig | None =
         c2w.copy(), K.copy(), np.ones(n), np.zeros((0, 3)), np.zeros((0, 3), np.uint8), stats, warnings, applied=False, depth=None,
         registered=registered,
     )
+
+
+def forward_motion(c2w: np.ndarray) -> float:
+    """Median |cos| of the angle between each step's camera motion and the camera's
+    optical axis, over the consecutive frames of ``c2w`` (N, 4, 4) that move: about 1 for
+    forward motion (driving, walking), near 0 for sideways or orbiting cameras; 0 when
+    no frame moves.
+
+    Measured on FlowMap's 25-step cameras: kitti-06 (driving) 0.95; castle-P30,
+    fountain-P11, fox, llff-fern, tum-office, tum-rpy(-long), tartanair-hospital
+    0.13-0.33.
+    """
+    steps = np.diff(c2w[:, :3, 3], axis=0)
+    length = np.linalg.norm(steps, axis=1)
+    moving = length > 1e-9 * max(float(length.max(initial=0.0)), 1e-300)
+    if not moving.any():
+        return 0.0
+    cos = np.abs(np.sum(steps * c2w[:-1, :3, 2], axis=1))[moving] / length[moving]
+    return float(np.median(cos))
 
 
 def _within(ratio: float, bound: float) -> bool:
@@ -164,6 +184,10 @@ def refine(
     n, H, W = images.shape[:3]
     warnings: list[str] = []
     stats: dict = {"frames": n, "seconds": {}}
+    stats["forward_motion"] = forward = forward_motion(c2w)
+    if config.features == "opencv" and config.forward_features == "colmap" and forward > config.forward_motion_min_cos:
+        config = replace(config, features="colmap", max_num_features=max(config.max_num_features, 8192))
+    stats["features"] = config.features
     sec = stats["seconds"]
     t_all = time.perf_counter()
 

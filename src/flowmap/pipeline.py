@@ -194,15 +194,6 @@ def _reconstruct(
     warnings += checks.valid_flow_warnings(corr, frames.names, config.checks)
     warnings += checks.texture_warnings(working, frames.names, config.checks)
 
-    return _optimise_and_refine(frames, corr, working, config, device, init, cache, timings, warnings)
-
-
-def _optimise_and_refine(
-    frames: Frames, corr, working: np.ndarray, config: RunConfig, device: str, init: Pretrained | None, cache: Path | None,
-    timings: dict[str, float], warnings: list[str],
-) -> tuple[Frames, Reconstruction]:
-    """:func:`_reconstruct` after the correspondences ``corr`` of the ``working`` frames:
-    descent, solve, refinement, depth."""
     t0 = time.perf_counter()
     image_size = (frames.height, frames.width)
     data = VideoTensors.from_numpy(working, corr, device)
@@ -248,7 +239,7 @@ def _optimise_and_refine(
         )
         depth = finetuned.depth
         timings["finetune_s"] = time.perf_counter() - t0
-    settings = {**config.to_dict(), "device_resolved": device, "working_size": list(working.shape[1:3])}
+    settings = {**config.to_dict(), "device_resolved": device, "working_size": list(shape)}
     return frames, _as_reconstruction(
         solution, refined, finetuned, depth, frames, working, fitted.history, timings, settings, warnings
     )

@@ -56,11 +56,11 @@ def write_outputs(
         out_dir: the output folder; must not exist, be empty, or ``overwrite``.
         cfg: what to write.
         summary: extra entries for ``summary.json`` (e.g. the command line, input
-            path). Frames of ``rec`` that are not registered (``rec.registered``) are left
-            out of every file and named under ``unregistered_frames``; ``frames_posed``
-            counts the others. They are merged over what is derived from ``rec`` (nested dicts are
+            path). They are merged over what is derived from ``rec`` (nested dicts are
             merged key by key). A ``time_s`` given here is the time before the output
-            stage; the output time is added to it.
+            stage; the output time is added to it. Frames of ``rec`` that are not
+            registered (``rec.registered``) are left out of every file and named under
+            ``unregistered_frames``; ``frames_posed`` counts the others.
         overwrite: replace an existing non-empty ``out_dir`` (only once the new one is
             complete).
         warnings: receives the output stage's warnings (also in ``summary.json``).

@@ -99,12 +99,11 @@ def _within(ratio: float, bound: float) -> bool:
     return bool(1.0 / bound <= ratio <= bound)
 
 
-def _focal_move_reason(f_before: float, K_new: np.ndarray, disagreement: float, s0: dict | None, s1: dict, reinit: bool, config: RefineConfig) -> str | None:
-    """Why the adjusted focal is not acceptable, or None when it is (issue 24).
+def _unexplained_focal_move(f_before: float, f_new: float, disagreement: float, s0: dict | None, s1: dict, config: RefineConfig) -> str | None:
+    """Why a focal move beyond ``max_focal_ratio`` (``max_focal_ratio_reinit`` after a
+    re-initialisation) is not acceptable, or None when it is (issue 24).
 
-    A focal within ``max_focal_ratio`` (``max_focal_ratio_reinit`` after a
-    re-initialisation) of FlowMap's is accepted as before. Beyond it, the move is judged by
-    what the adjusted cameras explain, not by its size: FlowMap's focal is what goes wrong
+    The move is judged by what the adjusted cameras explain, not by its size: FlowMap's focal is what goes wrong
     on forward motion and low texture (kitti-06: 207.5 px against 369; the adjustment
     found 348 px at 0.22 px reprojection error and 0.03 deg disagreement with the verified
     pairs, ATE 0.0061 -> 0.00014). It is accepted up to ``max_focal_ratio_explained`` when
@@ -112,12 +111,8 @@ def _focal_move_reason(f_before: float, K_new: np.ndarray, disagreement: float, 
     ``focal_explained_max_disagreement_deg`` (median) and, from FlowMap's own cameras, the
     reprojection error did not grow.
     """
-    f_new = float(K_new[0, 0]) if np.isfinite(K_new).all() else float("nan")
-    ratio = f_new / f_before
-    if _within(ratio, config.max_focal_ratio_reinit if reinit else config.max_focal_ratio):
-        return None
     moved = f"focal moved too far ({f_before:.1f} -> {f_new:.1f} px)"
-    if not _within(ratio, config.max_focal_ratio_explained):
+    if not _within(f_new / f_before, config.max_focal_ratio_explained):
         return moved
     if not disagreement <= config.focal_explained_max_disagreement_deg:
         return f"{moved} and the adjusted cameras disagree with the verified pairs by {disagreement:.2f} deg"
@@ -348,16 +343,18 @@ def refine(
         after = result["median"]
         stats["rotation_disagreement_after_deg"] = after
         stats["rotation_disagreement_frames_after_deg"] = _degrees(result["frames"])
-        focal_reason = _focal_move_reason(f_before, K_new, after, None if stats["reinit"] else s0, s1, stats["reinit"], config)
-        if focal_reason:
-            reasons.append(focal_reason)
-        elif not _within(K_new[0, 0] / f_before, config.max_focal_ratio_reinit if stats["reinit"] else config.max_focal_ratio):
-            stats["focal_move_explained"] = True
-            warnings.append(
-                f"the refinement moved FlowMap's focal length from {f_before:.1f} to {K_new[0, 0]:.1f} px: kept, because the "
-                f"adjusted cameras explain the matches ({s1['reproj_px']:.2f} px reprojection error, {after:.2f} deg median "
-                "disagreement with the verified pairs); FlowMap's own focal was off"
-            )
+        f_new = float(K_new[0, 0]) if np.isfinite(K_new).all() else float("nan")
+        if not _within(f_new / f_before, config.max_focal_ratio_reinit if stats["reinit"] else config.max_focal_ratio):
+            focal_reason = _unexplained_focal_move(f_before, f_new, after, None if stats["reinit"] else s0, s1, config)
+            if focal_reason:
+                reasons.append(focal_reason)
+            else:
+                stats["focal_move_explained"] = True
+                warnings.append(
+                    f"the refinement moved FlowMap's focal length from {f_before:.1f} to {f_new:.1f} px: kept, because the "
+                    f"adjusted cameras explain the matches ({s1['reproj_px']:.2f} px reprojection error, {after:.2f} deg median "
+                    "disagreement with the verified pairs); FlowMap's own focal was off"
+                )
         if not after <= config.max_rotation_disagreement_deg:
             reasons.append(
                 f"the adjusted cameras disagree with the verified pair geometry ({after:.1f} deg median relative rotation)"

@@ -60,16 +60,6 @@ def _opencv_sift(image: np.ndarray, max_features: int, peak_threshold: float) ->
     return np.column_stack([xy, scale, angle]).astype(np.float32), d
 
 
-def opencv_sift_all(images: np.ndarray, cfg, threads: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
-    """:func:`_opencv_sift` on every (H, W, 3) uint8 RGB frame of ``images`` with the
-    settings of ``cfg`` (:class:`flowmap.refine.RefineConfig`), ``threads`` frames at a
-    time (default ``cfg.num_threads``)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max(1, cfg.num_threads if threads is None else threads)) as pool:
-        return list(pool.map(lambda im: _opencv_sift(im, cfg.max_num_features, cfg.sift_peak_threshold), images))
-
-
 def extract_opencv(database: Path, image_dir: Path, names: list[str], images: np.ndarray, K: np.ndarray, cfg) -> None:
     """OpenCV SIFT on every frame into ``database`` (frames imported by COLMAP's own
     image reader, one shared camera initialised from K as :func:`extract` does).
@@ -80,13 +70,16 @@ def extract_opencv(database: Path, image_dir: Path, names: list[str], images: np
     precise small-scale keypoints that COLMAP's cheaper ``first_octave`` 0 loses (see
     :class:`flowmap.refine.RefineConfig`).
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     import pycolmap
 
     reader = pycolmap.ImageReaderOptions()
     reader.camera_model = cfg.camera_model
     pycolmap.Database.open(database).close()  # an empty database for the import
     pycolmap.import_images(database, image_dir, pycolmap.CameraMode.SINGLE, names, reader)
-    found = opencv_sift_all(images, cfg)
+    with ThreadPoolExecutor(max(1, cfg.num_threads)) as pool:
+        found = list(pool.map(lambda im: _opencv_sift(im, cfg.max_num_features, cfg.sift_peak_threshold), images))
     db = pycolmap.Database.open(database)
     try:
         ids = {img.name: img.image_id for img in db.read_all_images()}

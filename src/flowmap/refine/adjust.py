@@ -105,11 +105,14 @@ def _loss(name: str):
     }[name]
 
 
-def bundle_adjust(rec, cfg, fixed_image: int, refine_intrinsics: bool = True, loss: str | None = None) -> dict:
+def bundle_adjust(
+    rec, cfg, fixed_image: int, refine_intrinsics: bool = True, loss: str | None = None, function_tolerance: float | None = None
+) -> dict:
     """One Ceres bundle adjustment of all registered images, shared intrinsics and points.
 
     The gauge is fixed by COLMAP's TWO_CAMS_FROM_WORLD gauge (``fixed_image`` is kept
-    for the record; COLMAP picks the two cameras). ``loss`` overrides ``cfg.loss``.
+    for the record; COLMAP picks the two cameras). ``loss`` overrides ``cfg.loss``,
+    ``function_tolerance`` ``cfg.function_tolerance``.
 
     Returns:
         dict with ``termination`` (Ceres termination type name), ``iterations``,
@@ -127,7 +130,7 @@ def bundle_adjust(rec, cfg, fixed_image: int, refine_intrinsics: bool = True, lo
     solver = options.ceres.solver_options
     solver.max_num_iterations = cfg.max_iterations
     solver.num_threads = cfg.num_threads
-    solver.function_tolerance = cfg.function_tolerance
+    solver.function_tolerance = cfg.function_tolerance if function_tolerance is None else function_tolerance
     solver.gradient_tolerance = 1e-10
     solver.parameter_tolerance = 1e-9
     config = pycolmap.BundleAdjustmentConfig()
@@ -197,7 +200,7 @@ def adjust_rounds(rec, database: Path, image_dir: Path, workdir: Path, names: li
         timings["triangulate_s"] = timings.get("triangulate_s", 0.0) + time.perf_counter() - t0
     if cfg.final_loss is not None:
         t0 = time.perf_counter()
-        info = bundle_adjust(rec, cfg, fixed_image=image_ids(rec, names)[0], loss=cfg.final_loss)
+        info = bundle_adjust(rec, cfg, fixed_image=image_ids(rec, names)[0], loss=cfg.final_loss, function_tolerance=cfg.final_function_tolerance)
         timings["adjust_s"] = timings.get("adjust_s", 0.0) + time.perf_counter() - t0
         dropped = filter_points(rec, cfg)
         stats = reprojection_stats(rec)

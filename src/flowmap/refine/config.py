@@ -93,10 +93,18 @@ class RefineConfig:
             fraction of the trajectory extent and the focal by less than this fraction.
         max_iterations: Ceres iterations per round.
         function_tolerance: Ceres stops a round when the cost falls by less than this
-            fraction in an iteration. 1e-6 (was 1e-7): the same ATE and focal on the six
-            shared sequences from their 25-step starts and in the bench of 22:36
-            (``flowmap bench``: adjustment 0.5-4.6 s against 1.0-6.2 s), and on
-            tum-rpy-long 24-31 s against 52 s for its two rounds.
+            fraction in an iteration. 1e-5 (1e-6 before, 1e-7 before that): from the
+            25-step starts (``benchmarks/refine_eval.py``, 2026-12-05) the adjustment took
+            castle-P30 2.5 s against 3.8, fox 1.3 against 2.0, llff-fern 1.3 against 2.1,
+            tum-rpy-long 12 against 31, at the same ATE and focal class (castle-P30
+            0.00098, fox 0.00025, llff-fern 0.00071, tum-office 0.00103); 1e-4 lost
+            castle-P30 (0.00209).
+        forward_function_tolerance: on forward motion (see ``forward_features``) the
+            rounds use at most this tolerance instead (None: ``function_tolerance``).
+            kitti-06's focal travels from FlowMap's 242 px to about 365 px over the
+            rounds; at 1e-5 it stopped 1.9 % off (0.9-1.1 % at 1e-6).
+        final_function_tolerance: the same for the last plain least-squares
+            adjustment (a few iterations).
         loss: "cauchy", "soft_l1", "huber" or "trivial"; loss_scale in pixels.
         final_loss: loss of one last adjustment after the rounds, on the filtered
             inliers (None: skip). Plain least squares ("trivial") there, as COLMAP's
@@ -140,6 +148,16 @@ class RefineConfig:
             in a third of its time).
         reinit_retriangulate: let the global mapper re-triangulate before its last
             adjustment (the rounds below re-triangulate from the matches anyway).
+        reinit_tracks_per_view: the global mapper's global positioning uses only enough
+            of the tracks for each frame to see this many (COLMAP's
+            ``track_required_tracks_per_view``; None: every track). Its positioning
+            solve dominates the mapper: fox 2.9 s of 3.7 with all 3,743 tracks, 0.1-0.5 s
+            with 50-200 per frame; the rounds below triangulate every match again. 200:
+            the same ATE on the six shared sequences (castle-P30 0.00100 against
+            0.00098); 100 and 300 left castle-P30's weakly matched last frame 8 degrees
+            off its pairs (ATE 0.005). When a frame stays more than
+            ``reinit_frame_deg`` off its verified pairs after the adjustment, the mapper
+            runs again with every track and the better agreement is kept.
     Safety:
         min_observations_per_frame: a frame with fewer adjusted observations keeps its
             FlowMap pose (after the global similarity) and is named in a warning.
@@ -215,7 +233,9 @@ class RefineConfig:
     long_from_frames: int = 100
     converge_tol: float = 1e-3
     max_iterations: int = 200
-    function_tolerance: float = 1e-6
+    function_tolerance: float = 1e-5
+    forward_function_tolerance: float | None = 1e-6
+    final_function_tolerance: float = 1e-6
     loss: str = "cauchy"
     loss_scale: float = 1.0
     final_loss: str | None = "trivial"
@@ -228,6 +248,7 @@ class RefineConfig:
     reinit_ba_rounds: int = 3
     reinit_retriangulate: bool = True
     reinit_light_from_frames: int = 0
+    reinit_tracks_per_view: int | None = 200
     min_observations_per_frame: int = 20
     max_jump: float = 0.5
     max_focal_ratio: float = 1.5
@@ -275,8 +296,11 @@ class RefineConfig:
             raise ValueError(f"max_image_side must be None or >= 64, got {self.max_image_side}")
         if self.sift_first_octave not in (-1, 0, 1) or self.sift_dsp_scales < 1 or self.sift_peak_threshold <= 0:
             raise ValueError("sift_first_octave must be -1, 0 or 1, sift_dsp_scales >= 1 and sift_peak_threshold > 0")
-        if not 0 < self.function_tolerance < 1:
-            raise ValueError(f"function_tolerance must be in (0, 1), got {self.function_tolerance}")
+        tolerances = (self.function_tolerance, self.final_function_tolerance, 0.5 if self.forward_function_tolerance is None else self.forward_function_tolerance)
+        if not all(0 < t < 1 for t in tolerances):
+            raise ValueError(f"function_tolerance, final_function_tolerance and forward_function_tolerance must be in (0, 1), got {tolerances}")
+        if self.reinit_tracks_per_view is not None and self.reinit_tracks_per_view < 1:
+            raise ValueError(f"reinit_tracks_per_view must be None or >= 1, got {self.reinit_tracks_per_view}")
         if self.verify_max_error_px <= 0 or self.converge_tol <= 0 or self.reinit_ba_rounds < 1 or min(self.reinit_frame_deg, self.reinit_frame_before_deg) <= 0:
             raise ValueError(
                 "verify_max_error_px > 0, converge_tol > 0, reinit_ba_rounds >= 1, reinit_frame_deg > 0 and reinit_frame_before_deg > 0 are required"

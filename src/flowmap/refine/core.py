@@ -180,8 +180,11 @@ def refine(
     warnings: list[str] = []
     stats: dict = {"frames": n, "seconds": {}}
     stats["forward_motion"] = forward = forward_motion(c2w)
-    if config.features == "opencv" and config.forward_features == "colmap" and forward > config.forward_motion_min_cos:
-        config = replace(config, features="colmap", max_num_features=max(config.max_num_features, 8192))
+    if forward > config.forward_motion_min_cos:
+        if config.features == "opencv" and config.forward_features == "colmap":
+            config = replace(config, features="colmap", max_num_features=max(config.max_num_features, 8192))
+        if config.forward_function_tolerance is not None:
+            config = replace(config, function_tolerance=min(config.function_tolerance, config.forward_function_tolerance))
     stats["features"] = config.features
     sec = stats["seconds"]
     t_all = time.perf_counter()
@@ -268,10 +271,10 @@ def refine(
             worst = float(np.nanmax(frames)) if np.isfinite(frames).any() else float("nan")
             return {"rec": rec_a, "rounds": rounds_a, "c2w": c2w_a, "K": K_a, "median": median, "frames": frames, "worst": worst, "reinit": reinit}
 
-        def reinitialised(why: str):
+        def reinitialised(why: str, settings: RefineConfig = config):
             """Adjusted result from COLMAP's global mapper's cameras, or None when it fails."""
             t0 = time.perf_counter()
-            g = reinit_mod.global_reinit(db, image_dir, work, names, c2w, config)
+            g = reinit_mod.global_reinit(db, image_dir, work, names, c2w, settings)
             sec["reinit_s"] = sec.get("reinit_s", 0.0) + time.perf_counter() - t0
             if g is None:
                 warnings.append("re-initialisation by the global mapper failed; adjusting from the FlowMap cameras")
@@ -287,6 +290,15 @@ def refine(
             return adjusted(rec_g, reinit=True)
 
         result = reinitialised(why) if do_reinit else None
+        if result is not None and config.reinit_tracks_per_view is not None and result["worst"] > config.reinit_frame_deg:
+            # The track cap made the global mapper cheap; a frame left far from its
+            # verified pairs gets the mapper's full run (every track) and the better
+            # agreement is kept.
+            frame = int(np.nanargmax(result["frames"]))
+            full = replace(config, reinit_tracks_per_view=None)
+            second = reinitialised(f"{why}; frame {frame} disagreed by {result['worst']:.1f} deg, again with every track", full)
+            if second is not None and not second["worst"] >= result["worst"]:
+                result = second
         if result is None:
             result = adjusted(triangulated_before(), reinit=False)
             if config.reinit == "auto" and not do_reinit and result["worst"] > config.reinit_frame_deg:

@@ -152,6 +152,8 @@ def global_reinit(database: Path, image_dir: Path, workdir: Path, names: list[st
     light = len(names) >= cfg.reinit_light_from_frames
     options.mapper.ba_num_iterations = 1 if light else int(cfg.reinit_ba_rounds)
     options.mapper.skip_retriangulation = light or not cfg.reinit_retriangulate
+    if cfg.reinit_tracks_per_view is not None:
+        options.mapper.track_required_tracks_per_view = int(cfg.reinit_tracks_per_view)
     out = workdir / "global"
     out.mkdir(parents=True, exist_ok=True)
     try:

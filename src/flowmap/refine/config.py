@@ -83,7 +83,11 @@ class RefineConfig:
             (f, k1). The principal point is refined only when refine_principal_point.
         rounds: at most this many rounds of adjust -> filter -> re-triangulate. Stopping
             at 2 instead (or at 0.5 % camera motion) cost castle-P30's ATE 0.00098 ->
-            0.00134.
+            0.00134-0.00135. 3 (4 before 2026-12-05): castle-P30 0.00097, fox 0.00025,
+            llff-fern 0.00072, tum-rpy 0.0608, kitti-06 0.00013 at focal 0.71 % from
+            their 25-step starts, as with 4 (fern, fox, fountain-P11, tum-office and
+            tartanair-hospital stop earlier anyway); a fourth round took castle-P30 and
+            tum-rpy 0.8-1 s.
         rounds_long, long_from_frames: from ``long_from_frames`` frames on, at most
             ``rounds_long`` rounds. On tum-rpy-long (229 frames, rotation-dominant) rounds
             3 and 4 took 25-30 s each and left the ATE where it was (0.0194-0.0210 with 4,
@@ -228,7 +232,7 @@ class RefineConfig:
     max_pairs_per_frame: int = 8
     camera_model: str = "SIMPLE_PINHOLE"
     refine_principal_point: bool = False
-    rounds: int = 4
+    rounds: int = 3
     rounds_long: int = 2
     long_from_frames: int = 100
     converge_tol: float = 1e-3
@@ -273,7 +277,7 @@ class RefineConfig:
         settings."""
         settings = dict(
             features="colmap", max_num_features=8192, exhaustive_max_frames=20, filter_max_error_px=4.0, reinit_light_from_frames=100,
-            rounds_long=4,
+            rounds=4, rounds_long=4,
         )
         settings.update(overrides)
         return cls(**settings)

@@ -277,7 +277,7 @@ class RefineConfig:
         settings."""
         settings = dict(
             features="colmap", max_num_features=8192, exhaustive_max_frames=20, filter_max_error_px=4.0, reinit_light_from_frames=100,
-            rounds=4, rounds_long=4,
+            rounds=4, rounds_long=4, reinit_tracks_per_view=None,
         )
         settings.update(overrides)
         return cls(**settings)
@@ -300,7 +300,7 @@ class RefineConfig:
             raise ValueError(f"max_image_side must be None or >= 64, got {self.max_image_side}")
         if self.sift_first_octave not in (-1, 0, 1) or self.sift_dsp_scales < 1 or self.sift_peak_threshold <= 0:
             raise ValueError("sift_first_octave must be -1, 0 or 1, sift_dsp_scales >= 1 and sift_peak_threshold > 0")
-        tolerances = (self.function_tolerance, self.final_function_tolerance, 0.5 if self.forward_function_tolerance is None else self.forward_function_tolerance)
+        tolerances = [t for t in (self.function_tolerance, self.final_function_tolerance, self.forward_function_tolerance) if t is not None]
         if not all(0 < t < 1 for t in tolerances):
             raise ValueError(f"function_tolerance, final_function_tolerance and forward_function_tolerance must be in (0, 1), got {tolerances}")
         if self.reinit_tracks_per_view is not None and self.reinit_tracks_per_view < 1:

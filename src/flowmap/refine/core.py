@@ -289,28 +289,32 @@ def refine(
             sec["triangulate_s"] = sec.get("triangulate_s", 0.0) + time.perf_counter() - t0
             return adjusted(rec_g, reinit=True)
 
+        def retried(result: dict, why: str, settings: RefineConfig = config) -> dict:
+            """The global mapper's adjusted result for ``why`` (run with ``settings``) where
+            its worst frame agrees better with the verified pairs than ``result``'s; else
+            ``result``, and the record says the second try was not kept."""
+            second = reinitialised(why, settings)
+            if second is not None and not second["worst"] >= result["worst"]:
+                return second
+            if second is not None:
+                stats["reinit_reason"] += "; not kept (no better agreement)"
+            return result
+
         result = reinitialised(why) if do_reinit else None
         if result is not None and config.reinit_tracks_per_view is not None and result["worst"] > config.reinit_frame_deg:
             # The track cap made the global mapper cheap; a frame left far from its
-            # verified pairs gets the mapper's full run (every track) and the better
-            # agreement is kept.
+            # verified pairs gets the mapper's full run (every track).
             frame = int(np.nanargmax(result["frames"]))
             full = replace(config, reinit_tracks_per_view=None)
-            second = reinitialised(f"{why}; frame {frame} disagreed by {result['worst']:.1f} deg, again with every track", full)
-            if second is not None and not second["worst"] >= result["worst"]:
-                result = second
+            result = retried(result, f"{why}; frame {frame} disagreed by {result['worst']:.1f} deg, again with every track", full)
         if result is None:
             result = adjusted(triangulated_before(), reinit=False)
             if config.reinit == "auto" and not do_reinit and result["worst"] > config.reinit_frame_deg:
                 # A few frames adjusted into a wrong minimum (the median over pairs hides
-                # them): try the global mapper's cameras and keep the better agreement.
-                # Not retried when the global mapper already failed above.
+                # them): try the global mapper's cameras. Not retried when the global
+                # mapper already failed above.
                 frame = int(np.nanargmax(result["frames"]))
-                second = reinitialised(f"frame {frame} disagrees by {result['worst']:.1f} deg after the adjustment")
-                if second is not None and not second["worst"] >= result["worst"]:
-                    result = second
-                elif second is not None:
-                    stats["reinit_reason"] += "; not kept (no better agreement)"
+                result = retried(result, f"frame {frame} disagrees by {result['worst']:.1f} deg after the adjustment")
         stats["reinit"] = result["reinit"]
         rec, rounds, refined, K_new = result["rec"], result["rounds"], result["c2w"], result["K"]
         stats["rounds"] = rounds

@@ -109,3 +109,24 @@ def test_tracks_follow_a_known_shift_and_die_at_the_border():
     first = frames.shape[0] - 1
     leaving = (u[:, 0] + shift * first > w + 1) & vis[:, 0]
     assert not (vis[leaving, first]).any()
+
+
+def test_flow_resolution_follows_the_refinement():
+    """Flow at METHOD.md's 2x the working resolution for FlowMap alone, at the working
+    resolution when the global refinement follows (issue 23), unless set; the resolved
+    scale is what the cache key and summary.json see."""
+    from flowmap.config import RunConfig
+    from flowmap.correspondences.flow import flow_shape
+    from flowmap.pipeline import with_flow_scale
+    from flowmap.refine import RefineConfig
+
+    shape, image = (180, 240), (480, 640)
+    refined = with_flow_scale(RunConfig(refine=RefineConfig()))
+    alone = with_flow_scale(RunConfig(refine=None))
+    chosen = with_flow_scale(RunConfig(refine=RefineConfig(), correspondences=CorrespondenceConfig(flow=replace(CorrespondenceConfig().flow, scale=1.5))))
+    assert flow_shape(shape, image, refined.correspondences.flow.scale) == shape
+    assert flow_shape(shape, image, alone.correspondences.flow.scale) == (360, 480)
+    assert flow_shape(shape, image, chosen.correspondences.flow.scale) == (270, 360)
+    assert cache_key(np.zeros((2, 4, 4, 3), np.uint8), shape, refined.correspondences) != cache_key(
+        np.zeros((2, 4, 4, 3), np.uint8), shape, alone.correspondences
+    )

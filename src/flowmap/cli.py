@@ -41,7 +41,7 @@ INIT_HELP = (
 INIT = typer.Option("default", help=INIT_HELP)
 SCRATCH_STEPS = 100
 """Descent steps without --steps when the networks start from random weights (--init none);
-from the shipped network (the default) OptimConfig's 25 (see its docstring)."""
+from the shipped network (the default) OptimConfig's 10 (see its docstring)."""
 
 app = typer.Typer(
     add_completion=False,

@@ -47,20 +47,21 @@ class OptimConfig:
     """Model, objective and schedule.
 
     Attributes:
-        steps: Adam steps. 25, not METHOD.md's 2000: the global refinement
+        steps: Adam steps. 10, not METHOD.md's 2000: the global refinement
             (:mod:`flowmap.refine`) only needs a start in its basin, and the default
             start is the shipped network (``--init default``, trained across videos).
-            Refined ATE (paper) from 25-step starts of the shipped network, fast
-            refinement, against COLMAP incremental's (issue 23, 2026-12-04):
-            castle-P30 0.91-0.96x, fountain-P11 0.75-0.76x, fox 1.0x, llff-fern
-            0.90-0.94x, tum-office 0.97-0.99x; tum-rpy 0.055-0.060 against COLMAP
-            global's 0.048-0.065 in the day's runs (1.2x in the bench of 20:16); focal
-            errors within COLMAP's + 0.3 points. No descent at all (``--steps 0``, the network's
-            feed-forward cameras) was not enough: fountain-P11's focal came out 52 % off
-            and the refinement's 2x bound rejected the corrected one, castle-P30's
-            refined ATE was 0.027. From scratch (``--init none``) 25 steps are too few
-            (fox's refinement was rejected); the CLI then uses 100 (README, "Steps").
-            Use 2000 with ``--refine none``.
+            Refined ATE (paper) from starts of the shipped network, fast refinement
+            (``benchmarks/refine_eval.py``, issue 23, 2026-12-05), 10 steps against 25:
+            castle-P30 0.00090 / 0.00097, fountain-P11 0.00016 / 0.00015, fox 0.00026 /
+            0.00025, llff-fern 0.00073 / 0.00072, tum-office 0.00103 / 0.00103, tum-rpy
+            0.054 / 0.060, tum-rpy-long 0.019 / 0.019, each within the focal error of
+            the 25-step start's; 15 steps gave castle-P30 0.00108. 5 steps were too few
+            (castle-P30 0.054: the pair graph drawn from its cameras misses the pairs
+            the re-initialisation needs), and no descent at all (``--steps 0``, the
+            network's feed-forward cameras) too: castle-P30 0.014, tum-rpy 0.070. 15
+            fewer steps save 1.9-2.2 s of every run on 2 cores. From scratch
+            (``--init none``) 10 steps are far too few; the CLI then uses 100 (README,
+            "Steps"). Use 2000 with ``--refine none``.
         lr: peak learning rate of the networks.
         focal_lr: learning rate of the learned log-focal.
         warmup_fraction: linear warm-up as a fraction of the steps.
@@ -76,7 +77,7 @@ class OptimConfig:
         depth, weights, focal, objective: component settings.
     """
 
-    steps: int = 25
+    steps: int = 10
     lr: float = 1e-3
     focal_lr: float = 3e-3
     warmup_fraction: float = 0.05

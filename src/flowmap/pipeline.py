@@ -40,6 +40,7 @@ from flowmap import checks
 from flowmap.camera import K_at
 from flowmap.config import RunConfig  # flowmap.pipeline.RunConfig keeps working (it lived here)
 from flowmap.correspondences.cache import load_or_compute
+from flowmap.correspondences.flow import resolve_scale
 from flowmap.errors import DegenerateInputError, FlowmapError
 from flowmap.finetune import FinetuneResult, finetune_depth
 from flowmap.frames import load_frames
@@ -103,7 +104,7 @@ def run(source: str | Path | Frames, out: Path | None = None, config: RunConfig 
             neither the flow nor the verified matches tie together (no frame posed).
         NumericalError: the optimisation diverged or produced invalid cameras.
     """
-    config = config or RunConfig()
+    config = with_flow_scale(config or RunConfig())
     out = None if out is None else Path(out)
     path = None if isinstance(source, Frames) else Path(source)
     device, init = validate_run(path, out, config, overwrite=config.overwrite)
@@ -113,6 +114,17 @@ def run(source: str | Path | Frames, out: Path | None = None, config: RunConfig 
         config = replace(config, refine=replace(config.refine, num_threads=config.threads))
     with contextlib.nullcontext() if out is None else lock_out(out), cpu_threads(config.threads):
         return _run_locked(source, out, config, device, init, summary)
+
+
+def with_flow_scale(config: RunConfig) -> RunConfig:
+    """``config`` with its flow scale resolved (:func:`flowmap.correspondences.flow.resolve_scale`:
+    the working resolution when the refinement runs, METHOD.md's 2x without it), so that
+    the cache key and ``summary.json`` hold the scale used."""
+    flow = config.correspondences.flow
+    if flow.scale is not None:
+        return config
+    flow = replace(flow, scale=resolve_scale(None, config.refine is not None))
+    return replace(config, correspondences=replace(config.correspondences, flow=flow))
 
 
 def _default_threads() -> int:

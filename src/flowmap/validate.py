@@ -74,7 +74,7 @@ def check_frame_config(cfg: FrameConfig) -> None:
 
 def check_correspondence_config(cfg: CorrespondenceConfig) -> None:
     """Raise :class:`InputError` for a flow scale, backend or track setting that cannot work."""
-    if not cfg.flow.scale > 0:
+    if cfg.flow.scale is not None and not cfg.flow.scale > 0:
         raise InputError(f"flow scale must be positive, got {cfg.flow.scale}")
     if cfg.flow.backend not in FLOW_BACKENDS:
         raise InputError(f"unknown flow backend {cfg.flow.backend!r}; use one of {', '.join(FLOW_BACKENDS)}")

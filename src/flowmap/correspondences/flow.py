@@ -1,7 +1,8 @@
 """Dense optical flow between consecutive frames, both directions, with validity masks.
 
 METHOD.md section 2: flow i -> i+1 and i+1 -> i is estimated at ``scale`` x the working
-resolution per side (4x the pixel budget at the default scale 2), checked there, then
+resolution per side (4x the pixel budget at METHOD.md's scale 2; the working resolution
+itself when the global refinement follows, :func:`resolve_scale`), checked there, then
 resized down to the working resolution and expressed in normalised units (a
 displacement of the whole image width is 1.0; see :mod:`flowmap.types`).
 
@@ -120,9 +121,11 @@ class FlowConfig:
             noise of the ground truth), and on wide-baseline castle-P30 DeepFlow
             passes the forward-backward check on more pixels whose flow is wrong
             (epipolar distance ~20 px on passing pixels vs ~8 px for DIS).
-        scale: flow is computed at ``scale`` x the working resolution per side (2.0 =
-            4x the pixel budget, METHOD.md 2), capped at the input size, then
-            area-resized down.
+        scale: flow (and the tracks and bridges) are computed at ``scale`` x the
+            working resolution per side, capped at the input size, then area-resized
+            down. None (default): :func:`resolve_scale` picks it for the run, 2.0 (4x
+            the pixel budget, METHOD.md 2) for FlowMap alone and 1.0 when the global
+            refinement follows.
         fb_threshold_px: absolute tolerance (pixels at the flow resolution) of the
             forward-backward check.
         fb_relative: relative tolerance of the forward-backward check (the 0.01 of
@@ -141,7 +144,7 @@ class FlowConfig:
     """
 
     backend: str = "dis"
-    scale: float = 2.0
+    scale: float | None = None
     fb_threshold_px: float = 1.0
     fb_relative: float = 0.01
     photometric_power: float = 8.0
@@ -149,13 +152,39 @@ class FlowConfig:
     threads: int = 0
 
 
-def flow_shape(shape: tuple[int, int], image_shape: tuple[int, int], scale: float) -> tuple[int, int]:
+METHOD_SCALE = 2.0
+"""Flow resolution per side relative to the working resolution, METHOD.md 2 (4x the pixels)."""
+
+REFINED_SCALE = 1.0
+"""Flow resolution when the global refinement follows (:func:`resolve_scale`)."""
+
+
+def resolve_scale(scale: float | None, refine: bool) -> float:
+    """The flow scale of a run: ``scale`` when set; else :data:`METHOD_SCALE` for FlowMap
+    alone and :data:`REFINED_SCALE` when the global refinement (:mod:`flowmap.refine`)
+    follows.
+
+    With the refinement, FlowMap's cameras only start it (its SIFT matches at the input
+    resolution carry the accuracy), and flow at the working resolution kept every refined
+    result (issue 23, ``benchmarks/refine_eval.py`` from 10-step starts, 2026-12-05):
+    ATE (paper) castle-P30 0.00100 (0.00090 at scale 2), fountain-P11 0.00016 (0.00016),
+    fox 0.00027 (0.00026), llff-fern 0.00069 (0.00073), tum-office 0.00102 (0.00103),
+    tum-rpy 0.057 (0.054), while flow, tracks and bridges cost 1.2-2.0 s instead of
+    3.0-7.0 s on castle-P30, fox and tum-rpy (fox: flow 3.2 -> 1.0 s, bridges 2.0 -> 0.5 s).
+    """
+    if scale is not None:
+        return float(scale)
+    return REFINED_SCALE if refine else METHOD_SCALE
+
+
+def flow_shape(shape: tuple[int, int], image_shape: tuple[int, int], scale: float | None) -> tuple[int, int]:
     """Resolution (h, w) at which flow and tracks are computed.
 
-    ``scale`` x the working ``shape`` per side, capped per side at the input
+    ``scale`` (None: :data:`METHOD_SCALE`) x the working ``shape`` per side, capped per side at the input
     ``image_shape`` (no point in estimating flow on enlarged frames), at least ``shape``;
     ``scale`` > 0 (:func:`flowmap.validate.check_correspondence_config`).
     """
+    scale = METHOD_SCALE if scale is None else scale
     return tuple(  # type: ignore[return-value]
         int(max(s, min(round(s * scale), full))) for s, full in zip(shape, image_shape)
     )

@@ -72,6 +72,7 @@ def triangulate(rec, database: Path, image_dir: Path, workdir: Path, cfg):
     options.ba_refine_focal_length = False
     options.ba_refine_principal_point = False
     options.ba_refine_extra_params = False
+    options.ba_global_max_refinements = int(cfg.tri_refinements)
     out = workdir / "tri"
     out.mkdir(parents=True, exist_ok=True)
     return pycolmap.triangulate_points(rec, database, image_dir, out, clear_points=True, options=options, refine_intrinsics=False)

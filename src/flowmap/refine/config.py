@@ -67,6 +67,12 @@ class RefineConfig:
             along the verified epipolar geometry).
         verify_max_error_px: RANSAC inlier threshold (pixels) of the two-view verification
             (COLMAP default 4).
+        verify_min_trials: fewest RANSAC trials of the two-view verification (COLMAP's
+            default floor is 100; the adaptive stopping rule, confidence 0.999, ends far
+            earlier on video pairs with mostly correct matches). 30: fox's 525 pairs
+            verified in 0.86 s instead of 1.26 s with the same 491 pairs kept (73,454
+            inliers against 73,545), and the same refined ATE on the six shared
+            sequences (``benchmarks/refine_eval.py`` from 10-step starts, 2026-12-05).
     Pair graph (chosen from the FlowMap cameras, see :mod:`flowmap.refine.pairs`):
         exhaustive_max_frames: all pairs when N is at most this (12: llff-fern's 20
             frames on the graph, 182 pairs instead of 190 then, 106 with
@@ -118,6 +124,13 @@ class RefineConfig:
             after each round (2 px with OpenCV's keypoints: fountain-P11's ATE 0.00023 ->
             0.00015, none of the six worse; 4 px, COLMAP's default, for ``colmap``).
         min_tri_angle_deg: minimum triangulation angle of kept points.
+        tri_refinements: refinement passes of COLMAP's point triangulator (points-only
+            bundle adjustment with the cameras fixed, track completion and merging,
+            filtering; its ``ba_global_max_refinements``, COLMAP default 5). The rounds
+            adjust the points with the cameras right after, so 1 pass keeps the result:
+            fox's three triangulations 1.7 -> 1.0 s, the six shared sequences at the same
+            ATE (castle-P30 0.00101, fox 0.00028, llff-fern 0.00070 from 10-step starts,
+            2026-12-05). 0 passes (no track completion) lost castle-P30 (0.0051).
     Re-initialisation (GLOMAP, Pan et al. ECCV 2024, pycolmap.global_mapping):
         reinit: "auto" (when FlowMap's relative rotations disagree with the verified
             two-view geometry), "never" or "always".
@@ -225,6 +238,7 @@ class RefineConfig:
     sift_affine: bool = False
     guided_matching: bool = False
     verify_max_error_px: float = 4.0
+    verify_min_trials: int = 30
     exhaustive_max_frames: int = 12
     temporal_window: int = 5
     max_axis_angle_deg: float = 60.0
@@ -245,6 +259,7 @@ class RefineConfig:
     final_loss: str | None = "trivial"
     filter_max_error_px: float = 2.0
     min_tri_angle_deg: float = 1.5
+    tri_refinements: int = 1
     reinit: str = "auto"
     reinit_rotation_deg: float = 3.0
     reinit_frame_deg: float = 5.0
@@ -277,7 +292,7 @@ class RefineConfig:
         settings."""
         settings = dict(
             features="colmap", max_num_features=8192, exhaustive_max_frames=20, filter_max_error_px=4.0, reinit_light_from_frames=100,
-            rounds=4, rounds_long=4, reinit_tracks_per_view=None,
+            rounds=4, rounds_long=4, reinit_tracks_per_view=None, verify_min_trials=100, tri_refinements=5,
         )
         settings.update(overrides)
         return cls(**settings)
@@ -303,6 +318,8 @@ class RefineConfig:
         tolerances = [t for t in (self.function_tolerance, self.final_function_tolerance, self.forward_function_tolerance) if t is not None]
         if not all(0 < t < 1 for t in tolerances):
             raise ValueError(f"function_tolerance, final_function_tolerance and forward_function_tolerance must be in (0, 1), got {tolerances}")
+        if self.verify_min_trials < 1 or self.tri_refinements < 0:
+            raise ValueError(f"verify_min_trials >= 1 and tri_refinements >= 0 are required, got {self.verify_min_trials}, {self.tri_refinements}")
         if self.reinit_tracks_per_view is not None and self.reinit_tracks_per_view < 1:
             raise ValueError(f"reinit_tracks_per_view must be None or >= 1, got {self.reinit_tracks_per_view}")
         if self.verify_max_error_px <= 0 or self.converge_tol <= 0 or self.reinit_ba_rounds < 1 or min(self.reinit_frame_deg, self.reinit_frame_before_deg) <= 0:

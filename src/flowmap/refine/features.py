@@ -141,6 +141,7 @@ def match_pairs(database: Path, pairs: list[tuple[int, int]], names: list[str], 
     verification.compute_relative_pose = True
     verification.ransac.random_seed = cfg.seed
     verification.ransac.max_error = float(cfg.verify_max_error_px)
+    verification.ransac.min_num_trials = int(cfg.verify_min_trials)
     pycolmap.match_image_pairs(
         database,
         matching_options=matching,

@@ -81,12 +81,8 @@ def triangulate(rec, database: Path, image_dir: Path, workdir: Path, cfg):
 def reprojection_stats(rec) -> dict:
     """Mean reprojection error (px), points, observations of ``rec``; per-image observation counts."""
     rec.update_point_3d_errors()
-    n_obs = {img_id: 0 for img_id in rec.images}
-    errs = []
-    for p in rec.points3D.values():
-        errs.append(p.error)
-        for el in p.track.elements:
-            n_obs[el.image_id] += 1
+    n_obs = {img_id: int(img.num_points3D) for img_id, img in rec.images.items()}
+    errs = [p.error for p in rec.points3D.values()]
     return {
         "reproj_px": float(np.mean(errs)) if errs else float("nan"),
         "points": int(rec.num_points3D()),

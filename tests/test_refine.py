@@ -273,7 +273,7 @@ def test_refine_config_rejects_bad_new_settings():
                 {"max_frame_disagreement_deg": 0.0}, {"features": "orb"}, {"rounds_long": 0}, {"function_tolerance": 0.0},
                 {"max_focal_ratio_explained": 1.2}, {"focal_explained_max_disagreement_deg": 0.0},
                 {"forward_features": "orb"}, {"forward_motion_min_cos": 1.5}, {"final_function_tolerance": 1.0},
-                {"forward_function_tolerance": 0.0}, {"reinit_tracks_per_view": 0}):
+                {"forward_function_tolerance": 0.0}, {"reinit_tracks_per_view": 0}, {"verify_min_trials": 0}, {"tri_refinements": -1}):
         with pytest.raises(ValueError):
             RefineConfig(**bad).check()
 

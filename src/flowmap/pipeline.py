@@ -121,9 +121,7 @@ def with_flow_scale(config: RunConfig) -> RunConfig:
     the working resolution when the refinement runs, METHOD.md's 2x without it), so that
     the cache key and ``summary.json`` hold the scale used."""
     flow = config.correspondences.flow
-    if flow.scale is not None:
-        return config
-    flow = replace(flow, scale=resolve_scale(None, config.refine is not None))
+    flow = replace(flow, scale=resolve_scale(flow.scale, config.refine is not None))
     return replace(config, correspondences=replace(config.correspondences, flow=flow))
 
 

@@ -184,7 +184,7 @@ def flow_shape(shape: tuple[int, int], image_shape: tuple[int, int], scale: floa
     ``image_shape`` (no point in estimating flow on enlarged frames), at least ``shape``;
     ``scale`` > 0 (:func:`flowmap.validate.check_correspondence_config`).
     """
-    scale = METHOD_SCALE if scale is None else scale
+    scale = resolve_scale(scale, refine=False)
     return tuple(  # type: ignore[return-value]
         int(max(s, min(round(s * scale), full))) for s, full in zip(shape, image_shape)
     )

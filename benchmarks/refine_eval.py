@@ -59,9 +59,24 @@ def main(argv=None) -> int:
     from flowmap.refine import RefineConfig, refine
 
     overrides = {}
+    defaults = RefineConfig()
     for kv in args.set:
         k, v = kv.split("=", 1)
-        overrides[k] = None if v == "None" else type(getattr(RefineConfig(), k) if getattr(RefineConfig(), k) is not None else 0)(v) if not isinstance(getattr(RefineConfig(), k), bool) else v.lower() in ("1", "true", "yes")
+        default = getattr(defaults, k)
+        if v == "None":
+            overrides[k] = None
+        elif isinstance(default, bool):
+            overrides[k] = v.lower() in ("1", "true", "yes")
+        elif default is None:  # an optional setting: a number if it reads as one
+            try:
+                overrides[k] = int(v)
+            except ValueError:
+                try:
+                    overrides[k] = float(v)
+                except ValueError:
+                    overrides[k] = v
+        else:
+            overrides[k] = type(default)(v)
     cfg = RefineConfig(**overrides)
     rows = []
     for seq in args.sequences:

@@ -68,3 +68,23 @@ def test_few_points_give_the_median_factor():
 def test_grid_for_spacing():
     assert grid_for((176, 240), 16.0) == (12, 16)
     assert grid_for((10, 10), 100.0) == (2, 2)
+
+
+def test_normal_equations_equal_the_dense_weighted_products():
+    """The bincount accumulation of the bilinear fit's normal equations is A^T W A and
+    A^T W y of the dense (P, nodes) design; interpolation is A g."""
+    from flowmap.refine.depth import _bilinear_design, _interpolate, _normal_equations
+
+    rng = np.random.default_rng(3)
+    h, w, grid = 45, 60, (4, 5)
+    u, v = rng.uniform(0, w - 1, 200), rng.uniform(0, h - 1, 200)
+    cols, vals = _bilinear_design(u, v, h, w, grid)
+    nodes = grid[0] * grid[1]
+    A = np.zeros((len(u), nodes))
+    np.add.at(A, (np.repeat(np.arange(len(u)), 4), cols.ravel()), vals.ravel())
+    assert np.allclose(A.sum(axis=1), 1.0)  # bilinear weights of each sample sum to one
+    wts, y, g = rng.uniform(0.1, 1.0, len(u)), rng.normal(size=len(u)), rng.normal(size=nodes)
+    AtA, Aty = _normal_equations((cols, vals), wts, y, nodes)
+    assert np.allclose(AtA, A.T @ (wts[:, None] * A))
+    assert np.allclose(Aty, A.T @ (wts * y))
+    assert np.allclose(_interpolate((cols, vals), g), A @ g)

@@ -261,7 +261,7 @@ def test_pair_graph_is_linear_in_frames():
 def test_long_videos_stop_the_adjustment_rounds_earlier():
     from flowmap.refine.adjust import round_cap
 
-    cfg = RefineConfig()
+    cfg = RefineConfig(rounds=4)  # the default (2) is already rounds_long's
     assert round_cap(cfg, cfg.long_from_frames - 1) == cfg.rounds > cfg.rounds_long
     assert round_cap(cfg, cfg.long_from_frames) == cfg.rounds_long
     assert round_cap(RefineConfig.colmap(), 229) == 4  # the refinement before issue 23: no early stop
@@ -273,7 +273,8 @@ def test_refine_config_rejects_bad_new_settings():
                 {"max_frame_disagreement_deg": 0.0}, {"features": "orb"}, {"rounds_long": 0}, {"function_tolerance": 0.0},
                 {"max_focal_ratio_explained": 1.2}, {"focal_explained_max_disagreement_deg": 0.0},
                 {"forward_features": "orb"}, {"forward_motion_min_cos": 1.5}, {"final_function_tolerance": 1.0},
-                {"forward_function_tolerance": 0.0}, {"reinit_tracks_per_view": 0}, {"verify_min_trials": 0}, {"tri_refinements": -1}):
+                {"forward_function_tolerance": 0.0}, {"reinit_tracks_per_view": 0}, {"verify_min_trials": 0}, {"tri_refinements": -1},
+                {"reinit_ba_function_tolerance": 1.0}):
         with pytest.raises(ValueError):
             RefineConfig(**bad).check()
 

@@ -87,18 +87,22 @@ class RefineConfig:
     Adjustment (COLMAP's Ceres bundle adjuster; Triggs et al. 2000):
         camera_model: "SIMPLE_PINHOLE" (f; default), "PINHOLE" (fx, fy), "SIMPLE_RADIAL"
             (f, k1). The principal point is refined only when refine_principal_point.
-        rounds: at most this many rounds of adjust -> filter -> re-triangulate. Stopping
-            at 2 instead (or at 0.5 % camera motion) cost castle-P30's ATE 0.00098 ->
-            0.00134-0.00135. 3 (4 before 2026-12-05): castle-P30 0.00097, fox 0.00025,
-            llff-fern 0.00072, tum-rpy 0.0608, kitti-06 0.00013 at focal 0.71 % from
-            their 25-step starts, as with 4 (fern, fox, fountain-P11, tum-office and
-            tartanair-hospital stop earlier anyway); a fourth round took castle-P30 and
-            tum-rpy 0.8-1 s.
+        rounds: at most this many rounds of adjust -> filter -> re-triangulate. 2 (3
+            before 2026-12-05 session 27, 4 before that): from the 10-step starts of the
+            shipped network with the other defaults (``benchmarks/refine_eval.py``)
+            castle-P30 0.00100 against 0.00101 with 3, fox 0.00028 with both, tum-rpy
+            0.0572 against 0.0608, kitti-06 0.00013 (focal 0.29 %) against 0.00016,
+            tartanair-hospital 0.0167 against 0.0124-0.0148 (its seed spread is
+            0.005-0.024); fountain-P11, llff-fern and tum-office stop at 2 anyway. The
+            third round had cost castle-P30, fox and tum-rpy a triangulation and an
+            adjustment (0.8-1 s each). From 25-step starts (before the flow and pair
+            changes of 2026-12-05) stopping at 2 had cost castle-P30 0.00098 -> 0.00134.
         rounds_long, long_from_frames: from ``long_from_frames`` frames on, at most
             ``rounds_long`` rounds. On tum-rpy-long (229 frames, rotation-dominant) rounds
             3 and 4 took 25-30 s each and left the ATE where it was (0.0194-0.0210 with 4,
             0.0201 with 2): the tiny trajectory keeps "moving" by 10-40 % of its extent
-            between rounds while the points re-triangulate.
+            between rounds while the points re-triangulate. With ``rounds`` 2 (the default
+            since 2026-12-05) this cap only matters when ``rounds`` is raised.
         converge_tol: the rounds stop when no camera centre moved by more than this
             fraction of the trajectory extent and the focal by less than this fraction.
         max_iterations: Ceres iterations per round.
@@ -175,6 +179,14 @@ class RefineConfig:
             off its pairs (ATE 0.005). When a frame stays more than
             ``reinit_frame_deg`` off its verified pairs after the adjustment, the mapper
             runs again with every track and the better agreement is kept.
+        reinit_ba_function_tolerance: Ceres' function tolerance of the global mapper's
+            own bundle adjustment (None: COLMAP's 1e-5). The rounds below adjust every
+            triangulated match again, so the mapper's adjustment only has to bring the
+            cameras into their basin: 1e-3 took fox's mapper from 1.04 to 0.59 s and left
+            the refined ATE of the six shared sequences, kitti-06, tartanair-hospital and
+            tum-rpy-long where it was (castle-P30 0.00100, fox 0.00028, llff-fern
+            0.00073, tum-office 0.00102, tum-rpy 0.0572, tum-rpy-long 0.0185;
+            ``benchmarks/refine_eval.py`` from 10-step starts, 2026-12-05).
     Safety:
         min_observations_per_frame: a frame with fewer adjusted observations keeps its
             FlowMap pose (after the global similarity) and is named in a warning.
@@ -246,7 +258,7 @@ class RefineConfig:
     max_pairs_per_frame: int = 8
     camera_model: str = "SIMPLE_PINHOLE"
     refine_principal_point: bool = False
-    rounds: int = 3
+    rounds: int = 2
     rounds_long: int = 2
     long_from_frames: int = 100
     converge_tol: float = 1e-3
@@ -268,6 +280,7 @@ class RefineConfig:
     reinit_retriangulate: bool = True
     reinit_light_from_frames: int = 0
     reinit_tracks_per_view: int | None = 200
+    reinit_ba_function_tolerance: float | None = 1e-3
     min_observations_per_frame: int = 20
     max_jump: float = 0.5
     max_focal_ratio: float = 1.5
@@ -293,6 +306,7 @@ class RefineConfig:
         settings = dict(
             features="colmap", max_num_features=8192, exhaustive_max_frames=20, filter_max_error_px=4.0, reinit_light_from_frames=100,
             rounds=4, rounds_long=4, reinit_tracks_per_view=None, verify_min_trials=100, tri_refinements=5,
+            reinit_ba_function_tolerance=None,
         )
         settings.update(overrides)
         return cls(**settings)
@@ -315,9 +329,16 @@ class RefineConfig:
             raise ValueError(f"max_image_side must be None or >= 64, got {self.max_image_side}")
         if self.sift_first_octave not in (-1, 0, 1) or self.sift_dsp_scales < 1 or self.sift_peak_threshold <= 0:
             raise ValueError("sift_first_octave must be -1, 0 or 1, sift_dsp_scales >= 1 and sift_peak_threshold > 0")
-        tolerances = [t for t in (self.function_tolerance, self.final_function_tolerance, self.forward_function_tolerance) if t is not None]
+        tolerances = [
+            t
+            for t in (self.function_tolerance, self.final_function_tolerance, self.forward_function_tolerance, self.reinit_ba_function_tolerance)
+            if t is not None
+        ]
         if not all(0 < t < 1 for t in tolerances):
-            raise ValueError(f"function_tolerance, final_function_tolerance and forward_function_tolerance must be in (0, 1), got {tolerances}")
+            raise ValueError(
+                "function_tolerance, final_function_tolerance, forward_function_tolerance and reinit_ba_function_tolerance "
+                f"must be in (0, 1), got {tolerances}"
+            )
         if self.verify_min_trials < 1 or self.tri_refinements < 0:
             raise ValueError(f"verify_min_trials >= 1 and tri_refinements >= 0 are required, got {self.verify_min_trials}, {self.tri_refinements}")
         if self.reinit_tracks_per_view is not None and self.reinit_tracks_per_view < 1:

@@ -90,10 +90,9 @@ class RefineConfig:
         rounds: at most this many rounds of adjust -> filter -> re-triangulate. 2 (3
             before 2026-12-05 session 27, 4 before that): from the 10-step starts of the
             shipped network with the other defaults (``benchmarks/refine_eval.py``)
-            castle-P30 0.00100 against 0.00101 with 3, fox 0.00028 with both, tum-rpy
-            0.0572 against 0.0608, kitti-06 0.00013 (focal 0.29 %) against 0.00016,
-            tartanair-hospital 0.0167 against 0.0124-0.0148 (its seed spread is
-            0.005-0.024); fountain-P11, llff-fern and tum-office stop at 2 anyway. The
+            castle-P30 0.00100 against 0.00101 with 3, fox 0.00028 with both (0.00028 in
+            a whole run too), llff-fern 0.00070, tum-rpy 0.0574 against 0.0608;
+            fountain-P11, llff-fern and tum-office stop at 2 anyway. The
             third round had cost castle-P30, fox and tum-rpy a triangulation and an
             adjustment (0.8-1 s each). From 25-step starts (before the flow and pair
             changes of 2026-12-05) stopping at 2 had cost castle-P30 0.00098 -> 0.00134.
@@ -180,13 +179,13 @@ class RefineConfig:
             ``reinit_frame_deg`` off its verified pairs after the adjustment, the mapper
             runs again with every track and the better agreement is kept.
         reinit_ba_function_tolerance: Ceres' function tolerance of the global mapper's
-            own bundle adjustment (None: COLMAP's 1e-5). The rounds below adjust every
-            triangulated match again, so the mapper's adjustment only has to bring the
-            cameras into their basin: 1e-3 took fox's mapper from 1.04 to 0.59 s and left
-            the refined ATE of the six shared sequences, kitti-06, tartanair-hospital and
-            tum-rpy-long where it was (castle-P30 0.00100, fox 0.00028, llff-fern
-            0.00073, tum-office 0.00102, tum-rpy 0.0572, tum-rpy-long 0.0185;
-            ``benchmarks/refine_eval.py`` from 10-step starts, 2026-12-05).
+            own bundle adjustment (None: COLMAP's 1e-5). 1e-3 took fox's mapper from 1.04
+            to 0.59 s and left the refined ATE of the six shared sequences, kitti-06,
+            tartanair-hospital and tum-rpy-long where it was from saved 10-step starts
+            (``benchmarks/refine_eval.py``, 2026-12-05), but in a whole ``flowmap run`` of
+            fox, together with ``rounds`` 2, it left the weakly matched last frame 12 % of
+            the trajectory off (ATE 0.0046 against 0.00028 with either change alone), so
+            the default stays COLMAP's.
     Safety:
         min_observations_per_frame: a frame with fewer adjusted observations keeps its
             FlowMap pose (after the global similarity) and is named in a warning.
@@ -280,7 +279,7 @@ class RefineConfig:
     reinit_retriangulate: bool = True
     reinit_light_from_frames: int = 0
     reinit_tracks_per_view: int | None = 200
-    reinit_ba_function_tolerance: float | None = 1e-3
+    reinit_ba_function_tolerance: float | None = None
     min_observations_per_frame: int = 20
     max_jump: float = 0.5
     max_focal_ratio: float = 1.5

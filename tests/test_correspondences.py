@@ -130,3 +130,23 @@ def test_flow_resolution_follows_the_refinement():
     assert cache_key(np.zeros((2, 4, 4, 3), np.uint8), shape, refined.correspondences) != cache_key(
         np.zeros((2, 4, 4, 3), np.uint8), shape, alone.correspondences
     )
+
+
+def test_cache_stores_tracks_by_their_visible_entries(tmp_path):
+    """Issue 25: a track is seen in at most 2 x radius + 1 frames, so the cache stores its
+    visible entries only; the file then grows linearly with the frames (the dense
+    (tracks, frames) arrays grow with their square) and reads back exactly."""
+    cfg = _cfg()
+    cfg.tracks = replace(cfg.tracks, radius=2, query_every=2)
+    images = make_scene(n_frames=16, height=48, width=64, seed=3).images
+    first = load_or_compute(tmp_path, images, SHAPE, cfg, progress=False)
+    visible = first.tracks_visible
+    assert visible.sum(axis=1).max() <= 2 * 2 + 1 and visible.shape[1] == 16
+    dense_tracks = first.tracks_xy.nbytes + visible.nbytes
+    (path,) = tmp_path.glob("correspondences-*.npz")
+    others = sum(getattr(first, f).nbytes for f in ("flow_fwd", "flow_bwd", "mask_fwd", "mask_bwd", "tracks_query"))
+    stored_tracks = path.stat().st_size - others
+    assert stored_tracks < 0.5 * dense_tracks
+    again = load_or_compute(tmp_path, images, SHAPE, cfg, progress=False)
+    assert np.array_equal(again.tracks_xy, first.tracks_xy) and np.array_equal(again.tracks_visible, visible)
+    assert again.tracks_xy.dtype == np.float32 and again.tracks_visible.dtype == bool

@@ -17,7 +17,7 @@ from PIL import Image
 
 import flowmap.memory
 from flowmap.errors import InputError
-from flowmap.frames import FrameConfig, load_frames, rotate_display, to_rgb8, working_shape
+from flowmap.frames import FrameConfig, count_frames, iter_frames, load_frames, rotate_display, to_rgb8, working_shape
 
 RNG_SEED = 0
 
@@ -231,6 +231,26 @@ def test_video_frames_selection_and_rate(tmp_path):
     for k, i in enumerate(frames.source_indices):  # each kept frame is the source frame it claims to be
         errors = [np.abs(frames.images[k].astype(int) - img).mean() for img in images]
         assert int(np.argmin(errors)) == i and errors[i] < 0.5 * sorted(errors)[1]
+
+
+def test_video_keyframes_only_and_frame_by_frame(tmp_path):
+    """Issue 25: ``wanted`` decodes only the keyframes (names by position among the frames
+    stride keeps); iter_frames and count_frames see the same frames one at a time."""
+    images = [textured(seed=i) for i in range(9)]
+    path = write_video(tmp_path / "clip.mp4", images)
+    cfg = FrameConfig(stride=2)
+    assert count_frames(path, cfg) == 5
+    frames = load_frames(path, cfg, wanted=[0, 2, 4])
+    assert frames.source_indices == [0, 4, 8] and frames.names == ["000000.jpg", "000002.jpg", "000004.jpg"]
+    streamed = list(iter_frames(path, cfg, [1, 3]))
+    assert [(k, name, i) for k, name, i, _ in streamed] == [(1, "000001.jpg", 2), (3, "000003.jpg", 6)]
+    for (_, _, i, image) in streamed:
+        errors = [np.abs(image.astype(int) - img).mean() for img in images]
+        assert int(np.argmin(errors)) == i
+    folder = tmp_path / "frames"
+    write_folder(folder, images)
+    assert load_frames(folder, cfg, wanted=[1, 4]).names == ["002.png", "008.png"]
+    assert [name for _, name, _, _ in iter_frames(folder, cfg, [0, 2])] == ["000.png", "004.png"]
 
 
 @pytest.mark.parametrize("rotation", [-90, 90, 180])

@@ -191,7 +191,7 @@ def run_source(source: BatchSource, out: Path, config: RunConfig) -> dict:
         rec = result.reconstruction
         record.update(
             status="done",
-            frames=rec.n,
+            frames=rec.n + (0 if rec.others is None else rec.others.n),  # keyframes and the frames posed after them
             time_s=float(result.timings["total_s"]),
             focal_px=float(0.5 * (rec.K[0, 0] + rec.K[1, 1])),
             warnings=list(result.warnings),

@@ -362,7 +362,8 @@ def _run_flowmap(
 
     The rows are "flowmap" (the run's result) and, when the run refined its cameras,
     "flowmap-norefine": the same run's FlowMap cameras before the refinement stage, timed
-    without it (``refine_s`` and the depth fine-tuning's ``finetune_s``), so that both come
+    without it (``refine_s``, the depth fine-tuning's ``finetune_s`` and the dense depth
+    stage's ``dense_s``), so that both come
     from one run on the same frames. The outputs
     (``output_config``, report with the ground truth overlaid) are written to ``out_dir``;
     ``output_config=None``: none. A row's ``time_s`` is the pipeline's measured time up to
@@ -391,14 +392,15 @@ def _run_flowmap(
         outputs=None if out is None else str(out),
     )
     posed = rec.posed()  # frames that could not be registered count as unregistered, as COLMAP's do
-    row.update(_evaluate(posed.names, posed.c2w, posed.K, posed.image_size, seq_dir, posed.depth))
+    depth = posed.depth if posed.dense is None else posed.dense.depth  # the written maps (flowmap.dense where it ran)
+    row.update(_evaluate(posed.names, posed.c2w, posed.K, posed.image_size, seq_dir, depth))
     if rec.refinement.get("depth_agreement") is not None:
         row["depth_agreement"] = rec.refinement["depth_agreement"]
     rows = [row]
     if rec.flowmap_c2w is not None:
         unrefined = _new_row(name, "flowmap-norefine")
         unrefined.update({k: row[k] for k in ("image_size", "peak_mb", "rss_before_mb", "memory_method")})
-        refinement_s = rec.timings.get("refine_s", 0.0) + rec.timings.get("finetune_s", 0.0)
+        refinement_s = sum(rec.timings.get(k, 0.0) for k in ("refine_s", "finetune_s", "dense_s"))
         unrefined["time_s"] = rec.timings["time_s"] - refinement_s
         unrefined.update(_evaluate(rec.names, rec.flowmap_c2w, rec.flowmap_K, rec.image_size, seq_dir))
         rows.append(unrefined)
@@ -609,6 +611,7 @@ COLUMNS = (
     ("focal err %", "focal_rel_error", "{:.2f}"),
     ("depth agr %", "depth_agreement", "{:.2f}"),
     ("depth AbsRel", "depth_abs_rel", "{:.3f}"),
+    ("depth d<1.25", "depth_delta1", "{:.3f}"),
     ("plane AbsRel", "depth_abs_rel_constant", "{:.3f}"),
     ("time ratio", "time_ratio", "{:.2f}"),
     ("ATE ratio", "ate_ratio", "{:.2f}"),
@@ -635,7 +638,7 @@ def _cell(row: dict, key: str | None, fmt: str) -> str:
 STAGES = (
     ("frames", "frames_s"), ("flow", "flow_s"), ("tracks", "tracks_s"), ("bridges", "bridges_s"),
     ("descent", "optimize_loop_s"), ("solve", "final_solve_s"), ("refine", "refine_s"),
-    ("finetune", "finetune_s"), ("extract", "extract_s"), ("match", "match_s"), ("map", "map_s"),
+    ("finetune", "finetune_s"), ("dense", "dense_s"), ("extract", "extract_s"), ("match", "match_s"), ("map", "map_s"),
 )
 REFINE_STAGES = (
     ("SIFT", "refine_features_s"), ("match", "refine_match_s"), ("reinit", "refine_reinit_s"),

@@ -32,6 +32,12 @@ PIXEL_BUDGET = typer.Option(43200, help="Working resolution in pixels (h*w), asp
 FOCAL = typer.Option(None, help="Known focal length in pixels of the input frames.")
 STEPS = typer.Option(None, help="Optimisation steps (default: see README).")
 SEED = typer.Option(0, help="Random seed.")
+KEYFRAMES = typer.Option(
+    "auto",
+    help="Frames to reconstruct, chosen by motion after --stride/--max-frames: auto (every frame up to 240, "
+    "else 100 keyframes) | all | N. The other frames are posed against them afterwards.",
+)
+KEYFRAMES_ONLY = typer.Option(False, help="Write only the keyframes (poses.txt, COLMAP model, transforms.json).")
 REFINE = typer.Option("fast", help=REFINE_HELP)
 CAMERA_MODEL = typer.Option("SIMPLE_PINHOLE", help=CAMERA_MODEL_HELP)
 INIT_HELP = (
@@ -98,9 +104,12 @@ def _run_config(
     threads: Optional[int] = None,
     init: str = "default",
     finetune_steps: Optional[int] = None,
+    keyframes: str = "auto",
+    keyframes_only: bool = False,
 ):
     """The flags of ``run`` / ``demo`` / ``bench`` / ``batch`` as a :class:`flowmap.config.RunConfig`."""
     from flowmap.config import RunConfig
+    from flowmap.keyframes import parse_target
     from flowmap.validate import refine_config
 
     cfg = RunConfig(
@@ -111,6 +120,8 @@ def _run_config(
     cfg.frames.max_frames = max_frames
     cfg.frames.stride = stride
     cfg.frames.pixel_budget = pixel_budget
+    cfg.keyframes.target = parse_target(keyframes)
+    cfg.outputs.keyframes_only = keyframes_only
     cfg.outputs.colmap_text = colmap_text
     cfg.outputs.gt_dir = gt
     if steps is not None:
@@ -122,6 +133,21 @@ def _run_config(
             raise InputError(f"--finetune-steps must be >= 0, got {finetune_steps}")
         cfg.finetune = replace(cfg.finetune, steps=finetune_steps)
     return cfg
+
+
+def posed_line(rec) -> str:
+    """How many frames a run posed, for its last line: ``"1091 of 1091 frames posed (100
+    keyframes)"``, with the count that could not be registered when there are any."""
+    keys = int(rec.posed_mask.sum())
+    total, posed = rec.n, keys
+    if rec.others is not None:
+        total, posed = total + rec.others.n, posed + int(rec.others.registered.sum())
+    text = f"{posed} of {total} frames posed" if posed != total or rec.others is not None else f"{posed} frames posed"
+    if rec.others is not None:
+        text += f" ({rec.n} keyframes)"
+    if posed != total:
+        text += f"; {total - posed} could not be registered: see summary.json"
+    return text
 
 
 def _interrupt_on_sigterm() -> None:
@@ -157,6 +183,8 @@ def run(
     out: Path = typer.Option(..., "-o", "--out", help="Output folder."),
     max_frames: Optional[int] = MAX_FRAMES,
     stride: int = STRIDE,
+    keyframes: str = KEYFRAMES,
+    write_keyframes_only: bool = KEYFRAMES_ONLY,
     pixel_budget: int = PIXEL_BUDGET,
     focal: Optional[float] = FOCAL,
     steps: Optional[int] = STEPS,
@@ -173,6 +201,9 @@ def run(
     finetune_steps: int = typer.Option(
         0, help="Steps of depth fine-tuning with the refined cameras held fixed (0: off; the refinement's correction field makes the depth agree with the cameras)."
     ),
+    depth_scale: float = typer.Option(
+        0.0, help="Multi-view dense depth (flowmap.dense, after the refinement) at this resolution relative to the input frames: 0.5 half, 1 full; 0 (default): none, the network's depth corrected to the refined points at the working resolution."
+    ),
     quiet: bool = typer.Option(False, help="No progress bars."),
     debug: bool = typer.Option(False, help="Show tracebacks."),
 ):
@@ -182,16 +213,17 @@ def run(
 
         cfg = _run_config(
             max_frames, stride, pixel_budget, focal, steps, device, seed, quiet, overwrite, resume, colmap_text, gt,
-            refine, camera_model, threads, init, finetune_steps,
+            refine, camera_model, threads, init, finetune_steps, keyframes, write_keyframes_only,
         )
+        if not (depth_scale == 0 or 0.05 <= depth_scale <= 1):
+            raise InputError(f"--depth-scale must be 0 (no dense stage) or between 0.05 and 1, got {depth_scale}")
+        cfg.dense = replace(cfg.dense, enabled=depth_scale > 0, scale=depth_scale or cfg.dense.scale)
         _interrupt_on_sigterm()
         result = run_pipeline(source, out, cfg, summary={"command": " ".join(sys.argv)})
         for warning in result.warnings:
             print(f"warning: {warning}", file=sys.stderr)
         rec = result.reconstruction
-        posed = int(rec.posed_mask.sum())
-        unposed = "" if posed == rec.n else f" ({rec.n - posed} of {rec.n} could not be registered: see summary.json)"
-        print(f"{posed} frames posed{unposed}, focal {rec.K[0, 0]:.1f} px, {result.timings['total_s']:.0f} s -> {out}", file=sys.stderr)
+        print(f"{posed_line(rec)}, focal {rec.K[0, 0]:.1f} px, {result.timings['total_s']:.0f} s -> {out}", file=sys.stderr)
         if gt is not None:
             from flowmap.evaluation import evaluate_run
 
@@ -209,6 +241,8 @@ def batch(
     overwrite: bool = typer.Option(False, help="Redo every source, replacing its output."),
     max_frames: Optional[int] = MAX_FRAMES,
     stride: int = STRIDE,
+    keyframes: str = KEYFRAMES,
+    write_keyframes_only: bool = KEYFRAMES_ONLY,
     pixel_budget: int = PIXEL_BUDGET,
     focal: Optional[float] = FOCAL,
     steps: Optional[int] = STEPS,
@@ -227,7 +261,7 @@ def batch(
 
         cfg = _run_config(
             max_frames, stride, pixel_budget, focal, steps, device, seed, True, False, False, colmap_text, None,
-            refine, camera_model, init=init,
+            refine, camera_model, init=init, keyframes=keyframes, keyframes_only=write_keyframes_only,
         )
         bcfg = BatchConfig(jobs=jobs, threads=threads, address=address, resume=resume, overwrite=overwrite, progress=not quiet)
         _interrupt_on_sigterm()

@@ -16,11 +16,13 @@ from pathlib import Path
 
 from flowmap.checks import CheckConfig
 from flowmap.correspondences import CorrespondenceConfig
+from flowmap.dense.config import DenseConfig
 from flowmap.finetune import FinetuneConfig
 from flowmap.optimize import OptimConfig
 from flowmap.refine.config import RefineConfig
+from flowmap.register import RegisterConfig
 
-__all__ = ["FrameConfig", "MemoryConfig", "OutputConfig", "RunConfig", "TrainConfig"]
+__all__ = ["FrameConfig", "KeyframeConfig", "MemoryConfig", "OutputConfig", "RunConfig", "TrainConfig"]
 
 
 @dataclass
@@ -40,6 +42,42 @@ class FrameConfig:
     stride: int = 1
     pixel_budget: int = 43200
     multiple: int = 16
+
+
+@dataclass
+class KeyframeConfig:
+    """Which of the selected frames are reconstructed (keyframes); the others are posed
+    afterwards against the refined keyframes (:mod:`flowmap.register`).
+
+    Selection happens after ``stride`` / ``max_frames`` (:class:`FrameConfig`), on the
+    motion between consecutive frames measured on a cheap low-resolution pass
+    (:mod:`flowmap.keyframes`).
+
+    Attributes:
+        target: "auto" (the default: every frame of an input of at most ``auto_all_max``
+            frames, else ``auto_target`` keyframes chosen by motion), "all" (every
+            frame is a keyframe, the behaviour before issue 25), or a number of
+            keyframes (at least 3; the input's frames when it has fewer).
+        auto_all_max: "auto" keeps every frame of inputs up to this many frames (every
+            shared sequence, 11-229 frames: their runs already take less time than
+            COLMAP's, README "Keyframes").
+        auto_target: the keyframe count "auto" aims at for longer inputs.
+        thumb_width: width in pixels of the grayscale thumbnails whose DIS flow
+            measures the motion.
+        max_step: the most motion between consecutive keyframes, as a fraction of the
+            image width (median flow magnitude accumulated over the frames between
+            them), so that consecutive keyframes keep most of their view in common for
+            FlowMap's chain and the refinement's matching; more keyframes are added
+            where a target would exceed it. 0.25 leaves ``--keyframes 60`` at 60 on
+            tum-rpy-long (0.15 would add 48: its roll-pitch-yaw shaking accumulates
+            4.6 % of the width per frame) and never binds at 100 on room-walkin.
+    """
+
+    target: int | str = "auto"
+    auto_all_max: int = 240
+    auto_target: int = 100
+    thumb_width: int = 160
+    max_step: float = 0.25
 
 
 @dataclass
@@ -77,6 +115,9 @@ class OutputConfig:
             the occlusion check of COLMAP observations.
         jpeg_quality: JPEG quality of the exported frames.
         seed: seed of the point subsampling.
+        keyframes_only: write the keyframes only (``--write-keyframes-only``): the
+            frames that were not keyframes are posed but left out of ``poses.txt``, the
+            COLMAP model and ``transforms.json`` (``summary.json`` still lists them).
     """
 
     colmap: bool = True
@@ -91,6 +132,7 @@ class OutputConfig:
     depth_tol: float = 0.05
     jpeg_quality: int = 95
     seed: int = 0
+    keyframes_only: bool = False
 
 
 @dataclass
@@ -99,12 +141,19 @@ class RunConfig:
 
     Attributes:
         frames: frame selection and working resolution.
+        keyframes: which selected frames are reconstructed; the others are posed
+            against them after the refinement (:class:`KeyframeConfig`).
+        register: how frames that are not keyframes are posed
+            (:class:`flowmap.register.RegisterConfig`).
         correspondences: flow, tracks and bridges (also the cache key).
         optim: model, objective and optimisation schedule.
         refine: the global refinement of the cameras (:class:`flowmap.refine.RefineConfig`);
             None skips it (``--refine none``).
         finetune: the depth fine-tuning with the refined cameras held fixed
             (:class:`flowmap.finetune.FinetuneConfig`; ``steps=0`` skips it); runs only
+            when a refinement was applied.
+        dense: the dense depth stage after the refinement, cameras held fixed
+            (:class:`flowmap.dense.DenseConfig`; ``enabled=False`` skips it); runs only
             when a refinement was applied.
         focal: known focal length in pixels of the input frames (skips the search).
         device: "auto" (CUDA when available), "cpu" or "cuda".
@@ -130,10 +179,13 @@ class RunConfig:
     """
 
     frames: FrameConfig = field(default_factory=FrameConfig)
+    keyframes: KeyframeConfig = field(default_factory=KeyframeConfig)
+    register: RegisterConfig = field(default_factory=RegisterConfig)
     correspondences: CorrespondenceConfig = field(default_factory=CorrespondenceConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     refine: RefineConfig | None = field(default_factory=RefineConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    dense: DenseConfig = field(default_factory=DenseConfig)
     focal: float | None = None
     device: str = "auto"
     seed: int = 0

@@ -14,16 +14,19 @@ video, frames of different sizes, too few frames, too large for the memory) rais
 
 from __future__ import annotations
 
+import itertools
 import re
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 
-from flowmap.config import FrameConfig
+from flowmap.config import FrameConfig, KeyframeConfig
 from flowmap.errors import InputError
 from flowmap.memory import check_frames_memory
 from flowmap.resolution import resize_images, working_shape  # noqa: F401  (re-exported: they lived here)
-from flowmap.types import Frames
+from flowmap.keyframes import choose_keyframes, thumbnail
+from flowmap.types import Frames, FrameScan
 from flowmap.validate import MIN_FRAMES, check_frame_config
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
@@ -226,23 +229,25 @@ def _no_images_hint(folder: Path) -> str:
     return "; give a folder of frames or a video file"
 
 
-def load_image_folder(folder: Path, cfg: FrameConfig) -> Frames:
+def load_image_folder(folder: Path, cfg: FrameConfig, wanted: list[int] | None = None) -> Frames:
     """Frames from a folder of images, keeping the original file names.
 
     Image sizes are read from the file headers first, so frames of different sizes and
     a folder too large for the memory are refused before anything is decoded.
+
+    Args:
+        folder: the image folder.
+        cfg: frame selection (stride, max_frames).
+        wanted: sorted positions among the selected frames to decode (keyframes); None: all.
 
     Raises:
         InputError: no images in the folder, fewer than 3 frames after selection, an
             unreadable image, images of different sizes, or decoded frames that would
             not fit in the available memory.
     """
-    files = list_images(folder)
-    if not files:
-        raise InputError(f"{folder} contains no images ({', '.join(sorted(IMAGE_SUFFIXES))}){_no_images_hint(folder)}")
-    indices = select_indices(len(files), cfg)
-    _check_count(len(indices), folder, cfg)
-    chosen = [files[i] for i in indices]
+    chosen, indices = _selected_files(folder, cfg)
+    positions = range(len(chosen)) if wanted is None else wanted
+    chosen, indices = [chosen[k] for k in positions], [indices[k] for k in positions]
     names = [p.name for p in chosen]
     sizes = [image_size(p) for p in chosen]
     known = [(name, size) for name, size in zip(names, sizes) if size is not None]
@@ -252,6 +257,20 @@ def load_image_folder(folder: Path, cfg: FrameConfig) -> Frames:
     images = [read_image(p) for p in chosen]
     _check_same_size([img.shape[:2] for img in images], names)
     return Frames(images=np.stack(images), names=names, source=folder, source_indices=indices, fps=None)
+
+
+def _selected_files(folder: Path, cfg: FrameConfig) -> tuple[list[Path], list[int]]:
+    """The image files kept by ``stride`` / ``max_frames`` and their indices in the folder.
+
+    Raises:
+        InputError: no images, or fewer than 3 after the selection.
+    """
+    files = list_images(folder)
+    if not files:
+        raise InputError(f"{folder} contains no images ({', '.join(sorted(IMAGE_SUFFIXES))}){_no_images_hint(folder)}")
+    indices = select_indices(len(files), cfg)
+    _check_count(len(indices), folder, cfg)
+    return [files[i] for i in indices], indices
 
 
 def _frame_rotation(frame, stream) -> float:
@@ -292,25 +311,77 @@ def _expected_frames(stream, container) -> int:
         return 0
 
 
-def load_video(path: Path, cfg: FrameConfig) -> Frames:
+def load_video(path: Path, cfg: FrameConfig, wanted: list[int] | None = None) -> Frames:
     """Frames from a video file decoded with PyAV, rotated for display.
 
-    Names are ``000000.jpg``, ``000001.jpg`` ... in the order of the kept frames. A
-    stream that ends more than 2 % (and 2 frames) before the frame count in the
+    Names are ``000000.jpg``, ``000001.jpg`` ... by position among the frames kept by
+    ``stride`` / ``max_frames`` (with ``wanted``, the positions of the decoded ones).
+
+    Args:
+        path: the video.
+        cfg: frame selection (stride, max_frames).
+        wanted: sorted positions among the selected frames to keep (keyframes); None: all.
+
+    Raises:
+        InputError: see :func:`decode_video`; also decoded frames that would not fit in
+            the available memory (checked before decoding).
+    """
+
+    def check(expected: int, height: int, width: int) -> None:
+        n_kept = -(-expected // cfg.stride)
+        n_kept = n_kept if cfg.max_frames is None else min(n_kept, cfg.max_frames)
+        check_frames_memory(n_kept if wanted is None else len(wanted), height, width)
+
+    fps = video_fps(path)
+    positions, indices, images = [], [], []
+    for k, i, image in decode_video(path, cfg, wanted, on_open=check):
+        positions.append(k)
+        indices.append(i)
+        images.append(image)
+    names = [f"{k:06d}.jpg" for k in positions]
+    _check_same_size([img.shape[:2] for img in images], [f"frame {i}" for i in indices], what="the video's frames")
+    return Frames(images=np.stack(images), names=names, source=path, source_indices=indices, fps=fps)
+
+
+def video_fps(path: Path) -> float | None:
+    """The average frame rate of a video's first stream (None when unknown or unreadable)."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            rate = container.streams.video[0].average_rate
+            return float(rate) if rate else None
+    except Exception:  # noqa: BLE001 - decode_video reports unreadable videos properly
+        return None
+
+
+def decode_video(
+    path: Path, cfg: FrameConfig, wanted: list[int] | None = None, on_open: Callable[[int, int, int], None] | None = None
+) -> Iterator[tuple[int, int, np.ndarray]]:
+    """Decode a video with PyAV, frame by frame, rotated for display.
+
+    A stream that ends more than 2 % (and 2 frames) before the frame count in the
     container's header is treated as truncated: FFmpeg's threaded decoder otherwise
     stops silently at the end of the data.
 
+    Args:
+        path: the video.
+        cfg: frame selection: every ``stride``-th frame, then the first ``max_frames``.
+        wanted: sorted positions among the selected frames to convert and yield; None: all.
+        on_open: called once with (expected frame count, coded height, coded width) before
+            the first frame is decoded when the container states a count (e.g. a memory check).
+
+    Yields:
+        (position among the selected frames, index in the video, (H, W, 3) uint8 RGB).
+
     Raises:
         InputError: not a video FFmpeg can decode, no video stream, a corrupt or
-            truncated stream, fewer than 3 frames, frames that change size, or decoded
-            frames that would not fit in the available memory.
+            truncated stream, or fewer than 3 selected frames.
     """
     import av
 
-    images: list[np.ndarray] = []
-    indices: list[int] = []
-    fps = None
-    decoded = declared = 0
+    want = None if wanted is None else set(int(k) for k in wanted)
+    selected = decoded = declared = 0
     complete = True
     try:
         with av.open(str(path)) as container:
@@ -318,29 +389,27 @@ def load_video(path: Path, cfg: FrameConfig) -> Frames:
                 raise InputError(f"{path} has no video stream; give a video file or a folder of images")
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
-            fps = float(stream.average_rate) if stream.average_rate else None
             declared = _declared_frames(stream)
             expected = _expected_frames(stream, container)
-            if expected:
-                n_kept = -(-expected // cfg.stride)
-                n_kept = n_kept if cfg.max_frames is None else min(n_kept, cfg.max_frames)
-                check_frames_memory(n_kept, stream.codec_context.height, stream.codec_context.width)
+            if expected and on_open is not None:
+                on_open(expected, stream.codec_context.height, stream.codec_context.width)
             for i, frame in enumerate(container.decode(stream)):
                 decoded = i + 1
                 if i % cfg.stride:
                     continue
-                images.append(rotate_display(frame.to_ndarray(format="rgb24"), _frame_rotation(frame, stream)))
-                indices.append(i)
-                if cfg.max_frames is not None and len(images) >= cfg.max_frames:
+                k, selected = selected, selected + 1
+                if want is None or k in want:
+                    yield k, i, rotate_display(frame.to_ndarray(format="rgb24"), _frame_rotation(frame, stream))
+                if cfg.max_frames is not None and selected >= cfg.max_frames:
                     complete = False
                     break
     except InputError:
         raise
     except Exception as exc:  # noqa: BLE001 - FFmpeg on arbitrary bytes raises many types
         reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-        if images and declared and decoded >= declared - max(2, declared // 50):
+        if selected and declared and decoded >= declared - max(2, declared // 50):
             pass  # an error in the last packets: every declared frame was decoded
-        elif not images:
+        elif not selected:
             raise InputError(
                 f"cannot decode {path} as a video ({reason}); give a complete video file (mp4, mov, ...) "
                 "or a folder of images"
@@ -355,21 +424,68 @@ def load_video(path: Path, cfg: FrameConfig) -> Frames:
             f"{path} is truncated: it declares {declared} frames but only {decoded} could be decoded; "
             "re-export or re-download it"
         )
-    _check_count(len(images), path, cfg)
-    names = [f"{k:06d}.jpg" for k in range(len(images))]
-    _check_same_size([img.shape[:2] for img in images], [f"frame {i}" for i in indices], what="the video's frames")
-    return Frames(images=np.stack(images), names=names, source=path, source_indices=indices, fps=fps)
+    _check_count(selected, path, cfg)
 
 
-def load_frames(path: Path, cfg: FrameConfig) -> Frames:
+def iter_frames(path: Path, cfg: FrameConfig, wanted: list[int] | None = None) -> Iterator[tuple[int, str, int, np.ndarray]]:
+    """The frames selected by ``stride`` / ``max_frames`` one at a time (constant memory).
+
+    Args:
+        path: a video file or an image folder (checked as by :func:`load_frames`).
+        cfg: frame selection.
+        wanted: sorted positions among the selected frames to yield; None: all.
+
+    Yields:
+        (position, name, index in the source, (H, W, 3) uint8 RGB image); names as
+        :func:`load_frames` gives them.
+
+    Raises:
+        InputError: as :func:`load_frames` (frames of different sizes only when read;
+            unreadable files raise when the iteration reaches them).
+    """
+    path = check_source_path(path, cfg)
+    if path.is_dir():
+        try:
+            chosen, indices = _selected_files(path, cfg)
+        except PermissionError as exc:
+            raise InputError(f"cannot read {exc.filename or path}: permission denied") from None
+        for k in range(len(chosen)) if wanted is None else wanted:
+            yield k, chosen[k].name, indices[k], read_image(chosen[k])
+        return
+    for k, i, image in decode_video(path, cfg, wanted):
+        yield k, f"{k:06d}.jpg", i, image
+
+
+def count_frames(path: Path, cfg: FrameConfig) -> int | None:
+    """How many frames ``stride`` / ``max_frames`` select, from the folder listing or the
+    video's header (nothing decoded); None when a video states no count or the path cannot
+    be read (the loaders then say why)."""
+    import av
+
+    path = Path(path)
+    try:
+        if path.is_dir():
+            return len(select_indices(len(list_images(path)), cfg))
+        with av.open(str(path)) as container:
+            expected = _expected_frames(container.streams.video[0], container)
+    except Exception:  # noqa: BLE001 - decode_video reports unreadable videos properly
+        return None
+    if not expected:
+        return None
+    return len(select_indices(expected, cfg))
+
+
+def load_frames(path: Path, cfg: FrameConfig, wanted: list[int] | None = None) -> Frames:
     """Decode a video file or an image folder into :class:`Frames`.
 
-    Selection: every ``cfg.stride``-th frame, then the first ``cfg.max_frames``.
+    Selection: every ``cfg.stride``-th frame, then the first ``cfg.max_frames``; of
+    those, the positions ``wanted`` (the keyframes, :mod:`flowmap.keyframes`) when given.
 
     Args:
         path: a video file (mp4, mov, avi, mkv, webm, ... anything FFmpeg decodes) or a
             folder of images (jpg, jpeg, png, bmp, tif, tiff, webp; other files ignored).
         cfg: frame selection.
+        wanted: sorted positions among the selected frames to decode; None: all.
 
     Returns:
         Frames with ``images`` (N, H, W, 3) uint8 RGB at the input resolution (videos
@@ -384,15 +500,85 @@ def load_frames(path: Path, cfg: FrameConfig) -> Frames:
             stride, max_frames or pixel budget that cannot work. The message is one
             actionable line.
     """
+    path = check_source_path(path, cfg)
+    if path.is_dir():
+        try:
+            return load_image_folder(path, cfg, wanted)
+        except PermissionError as exc:
+            raise InputError(f"cannot read {exc.filename or path}: permission denied") from None
+    return load_video(path, cfg, wanted)
+
+
+def check_source_path(path: Path, cfg: FrameConfig) -> Path:
+    """``path`` as a Path once it can be a source: an existing folder, or a file that is
+    not a single image; the frame selection valid.
+
+    Raises:
+        InputError: a stride, max_frames or pixel budget that cannot work; a missing
+            path; a single image file.
+    """
     path = Path(path)
     check_frame_config(cfg)
     if not path.exists():
         raise InputError(f"{path} does not exist; give a video file or a folder of images")
-    if path.is_dir():
-        try:
-            return load_image_folder(path, cfg)
-        except PermissionError as exc:
-            raise InputError(f"cannot read {exc.filename or path}: permission denied") from None
-    if path.suffix.lower() in IMAGE_SUFFIXES:
+    if not path.is_dir() and path.suffix.lower() in IMAGE_SUFFIXES:
         raise InputError(f"{path} is a single image; give a folder of at least {MIN_FRAMES} images or a video")
-    return load_video(path, cfg)
+    return path
+
+
+def scan_frames(
+    source: Path | Frames, cfg: FrameConfig, keyframes: KeyframeConfig, progress: bool = False, total: int | None = None
+) -> FrameScan:
+    """The cheap pass over every selected frame: grayscale at the working resolution,
+    the motion between consecutive frames, and the keyframes (:mod:`flowmap.keyframes`).
+
+    Frames are decoded one at a time (a video once, start to end), so memory holds only
+    the grayscale copies (h * w bytes per frame).
+
+    Args:
+        source: a video file, an image folder, or decoded :class:`Frames` (all of them
+            are scanned; ``cfg``'s stride and max_frames then do not apply).
+        cfg: frame selection and working resolution (``pixel_budget``, ``multiple``).
+        keyframes: the keyframe target and overlap limit.
+        progress: show a tqdm bar (frames done / total, time left) on stderr.
+        total: the expected frame count for the bar (:func:`count_frames`), if known.
+
+    Returns:
+        :class:`FrameScan`.
+
+    Raises:
+        InputError: as :func:`load_frames`; also frames that change size.
+    """
+    from tqdm.auto import tqdm
+
+    if isinstance(source, Frames):
+        items = ((k, name, i, img) for k, (name, i, img) in enumerate(zip(source.names, source.source_indices, source.images)))
+        total = source.n
+    else:
+        items = iter_frames(Path(source), cfg)
+    items = iter(items)
+    first = next(items)  # an unreadable source fails here, before the progress bar shows
+    size = first[3].shape[:2]
+    shape = working_shape(size[0], size[1], cfg.pixel_budget, cfg.multiple)
+    names, indices, gray = [], [], []
+    bar = tqdm(total=total, desc="choosing keyframes", unit="frame", disable=not progress, leave=False)
+    with bar:
+        for _, name, index, image in itertools.chain([first], items):
+            if image.shape[:2] != size:
+                _check_same_size([size, image.shape[:2]], ["the first frame", name])
+            names.append(name)
+            indices.append(int(index))
+            gray.append(_gray_at(image, shape))
+            bar.update()
+    gray = np.stack(gray)
+    thumbs = np.stack([thumbnail(g, keyframes.thumb_width) for g in gray])
+    keys, motion = choose_keyframes(thumbs, keyframes)
+    return FrameScan(names=names, source_indices=indices, gray=gray, motion=motion, keys=keys)
+
+
+def _gray_at(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """(h, w) uint8 grayscale of an (H, W, 3) RGB frame at ``shape`` (the working
+    resolution, resized as :func:`flowmap.resolution.resize_images` does)."""
+    import cv2
+
+    return cv2.cvtColor(resize_images(image[None], shape)[0], cv2.COLOR_RGB2GRAY)

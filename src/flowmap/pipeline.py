@@ -3,7 +3,10 @@
 Stages, in order, each a typed value in and out (see :mod:`flowmap.types`)::
 
     validate   every option and path (flowmap.validate), before any work
-    frames     video / image folder -> Frames (flowmap.frames)
+    keyframes  a cheap pass over every frame chooses the keyframes from the motion
+               (flowmap.frames.scan_frames, flowmap.keyframes; skipped when every
+               frame is a keyframe)
+    frames     video / image folder -> Frames of the keyframes (flowmap.frames)
     memory     refuse a run that would not fit (flowmap.memory)
     correspondences   Frames -> Correspondences, cached in OUT.cache/ (flowmap.correspondences)
     checks     degenerate-content warnings (flowmap.checks)
@@ -12,11 +15,17 @@ Stages, in order, each a typed value in and out (see :mod:`flowmap.types`)::
     refine     global refinement on COLMAP: SIFT matches on a pose-guided pair graph,
                triangulation, bundle adjustment in rounds, depth made consistent
                (flowmap.refine; skipped with ``config.refine = None``)
+    dense      multi-view depth at half the input resolution with the final cameras
+               held fixed, confidence, fused points (flowmap.dense; after a refinement)
+    register   the frames that were not keyframes, posed against the refined
+               keyframes (flowmap.register)
     outputs    Reconstruction -> files in OUT (flowmap.outputs), when OUT is given
 
-Every stage's wall time is measured where it runs (``timings``: ``frames_s``,
+Every stage's wall time is measured where it runs (``timings``: ``keyframes_s`` (the
+scan), ``frames_s``,
 ``correspondences_s`` with ``flow_s`` / ``tracks_s`` / ``bridges_s`` inside,
-``optimization_s`` with ``optimize_loop_s`` and ``final_solve_s`` inside, ``refine_s``, ``time_s``
+``optimization_s`` with ``optimize_loop_s`` and ``final_solve_s`` inside, ``refine_s``,
+``register_s``, ``dense_s`` with ``dense_s_per_frame``, ``time_s``
 up to the outputs, then ``outputs_s`` and ``total_s``). ``flowmap run``, ``flowmap demo``,
 ``flowmap bench`` and :func:`flowmap.reconstruct` all call :func:`run`.
 
@@ -41,10 +50,12 @@ from flowmap.camera import K_at
 from flowmap.config import RunConfig  # flowmap.pipeline.RunConfig keeps working (it lived here)
 from flowmap.correspondences.cache import load_or_compute
 from flowmap.correspondences.flow import resolve_scale
+from flowmap.dense import dense_depth
 from flowmap.errors import DegenerateInputError, FlowmapError
 from flowmap.finetune import FinetuneResult, finetune_depth
-from flowmap.frames import load_frames
+from flowmap.frames import count_frames, iter_frames, load_frames, scan_frames
 from flowmap.io import lock_out
+from flowmap.keyframes import target_count
 from flowmap.memory import check_run_memory
 from flowmap.model.flowmap import VideoTensors
 from flowmap.optimize import fit
@@ -52,9 +63,10 @@ from flowmap.outputs import write_outputs
 from flowmap.pretrained import Pretrained
 from flowmap.refine import RefineConfig, Refinement, refine
 from flowmap.refine.depth import fit_scales
+from flowmap.register import register_frames
 from flowmap.resolution import resize_images, working_shape
 from flowmap.solve import solve
-from flowmap.types import Frames, Reconstruction, Solution
+from flowmap.types import Frames, FrameScan, NonKeyframes, Reconstruction, Solution
 from flowmap.validate import validate_run
 
 
@@ -164,7 +176,7 @@ def _run_locked(
         shutil.rmtree(cache)
     t_start = time.perf_counter()
     try:
-        frames, rec = _reconstruct(source, config, device, init, cache)
+        frames, rec, scan = _reconstruct(source, config, device, init, cache)
     except FlowmapError:
         if cache is not None and not config.resume:  # a user error leaves nothing behind; an interrupted run keeps its cache
             shutil.rmtree(cache, ignore_errors=True)
@@ -173,24 +185,101 @@ def _run_locked(
     timings, warnings = dict(rec.timings), list(rec.warnings)
     if out is not None:
         t0 = time.perf_counter()
-        _write(rec, frames, out, config, {"source": str(frames.source), **(summary or {})}, warnings)
+        _write(rec, frames, out, config, {"source": str(frames.source), **(summary or {})}, warnings, _frame_reader(source, config, scan))
         timings["outputs_s"] = time.perf_counter() - t0
         shutil.rmtree(cache, ignore_errors=True)
     timings["total_s"] = time.perf_counter() - t_start
     return RunResult(rec, frames, out, timings, warnings)
 
 
+def load_keyframes(source: str | Path | Frames, config: RunConfig, timings: dict[str, float]) -> tuple[Frames, FrameScan | None]:
+    """The keyframes' :class:`Frames` (input resolution) and the scan that chose them.
+
+    Where :func:`flowmap.keyframes.target_count` keeps every frame (``--keyframes all``,
+    or "auto" on an input of at most ``auto_all_max`` frames, counted from the folder
+    or the video's header), nothing is scanned: the frames are loaded as before issue
+    25 and the scan is None. Otherwise every selected frame is decoded once at the
+    working resolution (:func:`flowmap.frames.scan_frames`), then only the keyframes at
+    full resolution. ``timings`` receives ``keyframes_s`` and ``frames_s``.
+    """
+    t0 = time.perf_counter()
+    total = source.n if isinstance(source, Frames) else count_frames(Path(source), config.frames)
+    scan = None
+    if total is None or target_count(config.keyframes, total) is not None:
+        # no bar without a count: a source that is not a video FFmpeg can count fails with one line
+        scan = scan_frames(source, config.frames, config.keyframes, config.progress and total is not None, total)
+        if len(scan.keys) == scan.n:
+            scan = None
+    timings["keyframes_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    wanted = None if scan is None else scan.keys.tolist()
+    if isinstance(source, Frames):
+        frames = source if wanted is None else source.subset(np.asarray(wanted))
+    else:
+        frames = load_frames(Path(source), config.frames, wanted)
+    timings["frames_s"] = time.perf_counter() - t0
+    return frames, scan
+
+
+def _frame_reader(source: str | Path | Frames, config: RunConfig, scan: FrameScan | None):
+    """A function reading the selected frames at given positions one at a time, as
+    single-frame :class:`Frames` (the images of the frames that were not keyframes,
+    for the outputs); None without a scan."""
+    if scan is None:
+        return None
+
+    def frames_at(positions: list[int]):
+        if isinstance(source, Frames):
+            for k in positions:
+                yield source.subset(np.asarray([k]))
+            return
+        for _, name, index, image in iter_frames(Path(source), config.frames, positions):
+            yield Frames(images=image[None], names=[name], source=Path(source), source_indices=[index])
+
+    def read(positions: list[int]):
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(positions), desc="writing other frames", unit="frame", disable=not config.progress, leave=False)
+        with bar:
+            for frame in frames_at(positions):
+                yield frame
+                bar.update()
+
+    return read
+
+
+def _register(
+    scan: FrameScan, c2w: np.ndarray, K: np.ndarray, depth: np.ndarray, registered: np.ndarray | None,
+    image_size: tuple[int, int], config: RunConfig, warnings: list[str],
+) -> NonKeyframes:
+    """Pose the frames of ``scan`` that are not keyframes (:func:`flowmap.register.register_frames`)
+    with the keyframes' final cameras (c2w (N, 4, 4), K in pixels of the input frames)
+    and depth (N, h, w); a warning counts those that could not be registered."""
+    posed = np.ones(len(c2w), bool) if registered is None else np.asarray(registered, bool)
+    K_work = K_at(K, image_size, depth.shape[1:])
+    gray = scan.gray if scan.gray.shape[1:] == depth.shape[1:] else resize_images(scan.gray, depth.shape[1:])
+    others = register_frames(
+        gray, scan.keys, c2w, K_work, depth, posed, scan.names, scan.source_indices, config.register, config.progress
+    )
+    missing = others.n - int(others.registered.sum())
+    if missing:
+        warnings.append(
+            f"{missing} of the {others.n} frames that were not keyframes could not be registered (too few RANSAC inliers); "
+            "they are left out of the outputs and listed in summary.json (try more --keyframes)"
+        )
+    return others
+
+
 def _reconstruct(
     source: str | Path | Frames, config: RunConfig, device: str, init: Pretrained | None, cache: Path | None
-) -> tuple[Frames, Reconstruction]:
+) -> tuple[Frames, Reconstruction, FrameScan | None]:
     """The stages from the frames to the Reconstruction (timings measured per stage);
-    ``init``: the networks' starting weights, resolved by :func:`validate_run`."""
+    ``init``: the networks' starting weights, resolved by :func:`validate_run`. Also
+    returns the keyframe scan (None when every frame is a keyframe)."""
     timings: dict[str, float] = {}
     warnings: list[str] = []
 
-    t0 = time.perf_counter()
-    frames = source if isinstance(source, Frames) else load_frames(Path(source), config.frames)
-    timings["frames_s"] = time.perf_counter() - t0
+    frames, scan = load_keyframes(source, config, timings)
     if config.memory.check:
         check_run_memory(frames, config, device)
     shape = working_shape(frames.height, frames.width, config.frames.pixel_budget, config.frames.multiple)
@@ -249,10 +338,33 @@ def _reconstruct(
         )
         depth = finetuned.depth
         timings["finetune_s"] = time.perf_counter() - t0
-    settings = {**config.to_dict(), "device_resolved": device, "working_size": list(shape)}
-    return frames, _as_reconstruction(
-        solution, refined, finetuned, depth, frames, working, fitted.history, timings, settings, warnings
+    rec = _as_reconstruction(
+        solution, refined, finetuned, depth, frames, working, fitted.history, timings,
+        {**config.to_dict(), "device_resolved": device, "working_size": list(shape)}, warnings,
     )
+    if scan is not None:
+        t0 = time.perf_counter()
+        others = _register(scan, rec.c2w, rec.K, rec.depth, rec.registered, rec.image_size, config, warnings)
+        timings["register_s"] = time.perf_counter() - t0
+        rec = replace(rec, others=others)
+    if refined is not None and refined.applied and config.dense.enabled:
+        rec = _dense(rec, frames, np.asarray(depth), refined, config, timings)
+    return frames, rec, scan
+
+
+def _dense(rec: Reconstruction, frames: Frames, depth: np.ndarray, refined: Refinement, config: RunConfig, timings: dict) -> Reconstruction:
+    """The dense depth stage (:func:`flowmap.dense.dense_depth`) with the final cameras
+    held fixed; ``timings`` receives ``dense_s`` and ``dense_s_per_frame``, the
+    refinement statistics the dense maps' agreement with the adjusted points."""
+    t0 = time.perf_counter()
+    dense = dense_depth(
+        frames.images, rec.c2w, rec.K, depth, refined.points_seen(), config.dense, rec.registered, config.progress
+    )
+    timings["dense_s"] = time.perf_counter() - t0
+    timings["dense_s_per_frame"] = timings["dense_s"] / max(rec.n, 1)
+    refinement = {**rec.refinement, "dense": dense.stats, "depth_agreement_network": rec.refinement.get("depth_agreement")}
+    refinement["depth_agreement"] = depth_agreement(refined, dense.depth, rec.image_size)
+    return replace(rec, dense=dense, refinement=refinement)
 
 
 def _refine(
@@ -316,13 +428,19 @@ def _as_reconstruction(
         flowmap_K=None if refined is None else solution.K,
         refinement=refinement,
         registered=None if refined is None else refined.registered,
+        keyframes=[int(i) for i in frames.source_indices],
     )
 
 
-def _write(rec: Reconstruction, frames: Frames, out: Path, config: RunConfig, summary: dict, warnings: list[str]) -> None:
+def _write(
+    rec: Reconstruction, frames: Frames, out: Path, config: RunConfig, summary: dict, warnings: list[str], read_others=None
+) -> None:
     """The output stage; a failed write (disk full, permissions) is one line, :class:`flowmap.errors.OutputError`
-    (no partial OUT is left; OUT.cache is kept for ``--resume``)."""
-    write_outputs(rec, frames, out, config.outputs, summary=summary, overwrite=config.overwrite, warnings=warnings)
+    (no partial OUT is left; OUT.cache is kept for ``--resume``). ``read_others``: see
+    :func:`flowmap.outputs.write_outputs`."""
+    write_outputs(
+        rec, frames, out, config.outputs, summary=summary, overwrite=config.overwrite, warnings=warnings, read_others=read_others
+    )
 
 
 def reconstruct(source: str | Path | Frames, config: RunConfig | None = None) -> Reconstruction:

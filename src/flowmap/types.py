@@ -164,6 +164,102 @@ class Solution:
 
 
 @dataclass(frozen=True)
+class FrameScan:
+    """The cheap pass over every selected frame that chooses the keyframes
+    (:func:`flowmap.frames.scan_frames`, :mod:`flowmap.keyframes`).
+
+    Attributes:
+        names: M names of the frames selected by stride / max_frames.
+        source_indices: their M indices in the source.
+        gray: (M, h, w) uint8 grayscale at the working resolution (for posing the
+            frames that are not keyframes, :mod:`flowmap.register`).
+        motion: (M-1,) float32 median flow magnitude between consecutive frames, in
+            fractions of the image width.
+        keys: (K,) int64 sorted positions of the keyframes among the M frames.
+    """
+
+    names: list[str]
+    source_indices: list[int]
+    gray: np.ndarray
+    motion: np.ndarray
+    keys: np.ndarray
+
+    @property
+    def n(self) -> int:
+        return len(self.names)
+
+
+@dataclass(frozen=True)
+class NonKeyframes:
+    """Poses of the selected frames that were not keyframes (:mod:`flowmap.register`).
+
+    Attributes:
+        names: M image names (the names the frames would have had as keyframes).
+        source_indices: M indices of the frames in the source (video frame number or
+            position in the folder).
+        positions: (M,) int64 positions among the frames selected by stride / max_frames.
+        c2w: (M, 4, 4) float64 camera-to-world, OpenCV axes, the keyframes' world and
+            scale; identity (a placeholder, never written) where not registered.
+        registered: (M,) bool, True where the pose was measured.
+        inliers: (M,) int64 RANSAC inliers of the absolute pose (0: none estimated).
+    """
+
+    names: list[str]
+    source_indices: list[int]
+    positions: np.ndarray
+    c2w: np.ndarray
+    registered: np.ndarray
+    inliers: np.ndarray
+
+    @property
+    def n(self) -> int:
+        return len(self.names)
+
+    def posed(self) -> "NonKeyframes":
+        """Only the registered frames."""
+        keep = np.flatnonzero(self.registered)
+        return NonKeyframes(
+            names=[self.names[k] for k in keep],
+            source_indices=[self.source_indices[k] for k in keep],
+            positions=self.positions[keep],
+            c2w=self.c2w[keep],
+            registered=self.registered[keep],
+            inliers=self.inliers[keep],
+        )
+
+
+@dataclass(frozen=True)
+class DenseDepth:
+    """Multi-view depth with the refined cameras fixed (:func:`flowmap.dense.dense_depth`).
+
+    Attributes:
+        depth: (N, h, w) float32 z-depth at the dense resolution (cameras' units; 0: none).
+        confidence: (N, h, w) float32 in [0, 1] of the triangulated depth (pixels below
+            the stage's ``min_confidence`` hold the fill instead).
+        images: (N, h, w, 3) uint8 frames at the dense resolution.
+        points_xyz: (P, 3) float64 fused world points of the confident pixels.
+        points_rgb: (P, 3) uint8 their colours.
+        fill: N names of the fill chosen per frame ("network" or "smooth").
+        stats: seconds, resolution, confident fraction ... for summary.json.
+    """
+
+    depth: np.ndarray
+    confidence: np.ndarray
+    images: np.ndarray
+    points_xyz: np.ndarray
+    points_rgb: np.ndarray
+    fill: list[str]
+    stats: dict = field(default_factory=dict)
+
+    def subset(self, keep: np.ndarray) -> "DenseDepth":
+        """The maps of frames ``keep`` (the fused points stay whole)."""
+        return replace(
+            self, depth=self.depth[keep], confidence=self.confidence[keep], images=self.images[keep],
+            fill=[self.fill[k] for k in keep],
+        )
+
+
+@dataclass(frozen=True)
 class Reconstruction:
     """The result of a flowmap run.
 
@@ -192,6 +288,12 @@ class Reconstruction:
         registered: (N,) bool, False for frames that could not be registered (their
             ``c2w`` is an unmeasured placeholder; the outputs leave them out, see
             :meth:`posed`); None: every frame is posed.
+        keyframes: N indices of the frames in the source (``Frames.source_indices`` of
+            the reconstructed frames, the keyframes); empty: not recorded.
+        others: the selected frames that were not keyframes, posed afterwards against
+            the refined keyframes (:class:`NonKeyframes`); None: every frame was a keyframe.
+        dense: the dense depth stage's maps and fused points (:class:`DenseDepth`,
+            written instead of ``depth``); None: the stage did not run.
     """
 
     c2w: np.ndarray
@@ -210,6 +312,9 @@ class Reconstruction:
     flowmap_K: np.ndarray | None = None
     refinement: dict = field(default_factory=dict)
     registered: np.ndarray | None = None
+    keyframes: list[int] = field(default_factory=list)
+    others: NonKeyframes | None = None
+    dense: DenseDepth | None = None
 
     @property
     def n(self) -> int:
@@ -242,6 +347,8 @@ class Reconstruction:
             images=self.images[keep],
             flowmap_c2w=None if self.flowmap_c2w is None else self.flowmap_c2w[keep],
             registered=None,
+            keyframes=[self.keyframes[k] for k in keep] if self.keyframes else [],
+            dense=None if self.dense is None else self.dense.subset(keep),
         )
 
     @property

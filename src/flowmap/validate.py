@@ -17,6 +17,7 @@ from flowmap.config import FrameConfig, RunConfig, TrainConfig
 from flowmap.correspondences import CorrespondenceConfig
 from flowmap.correspondences.flow import FLOW_BACKENDS
 from flowmap.errors import InputError
+from flowmap.keyframes import check_keyframe_config
 from flowmap.pretrained import Pretrained, resolve_init
 from flowmap.refine.config import RefineConfig
 
@@ -250,6 +251,7 @@ def validate_run(
     check_steps(config.optim.steps, config.init)
     init = resolve_init(config.init, config.optim.depth, config.optim.weights)
     check_frame_config(config.frames)
+    check_keyframe_config(config.keyframes)
     check_correspondence_config(config.correspondences)
     check_refine_config(config.refine)
     check_threads(config.threads)

@@ -21,10 +21,14 @@ from flowmap.correspondences import CorrespondenceConfig, compute_correspondence
 from flowmap.io import atomic_write
 from flowmap.types import Bridges, Correspondences
 
-CACHE_VERSION = 3
-"""Bumped when the cached fields or their meaning change."""
+CACHE_VERSION = 4
+"""Bumped when the cached fields or their meaning change (4: tracks stored sparsely)."""
 
 _BRIDGE_PREFIX = "bridge_"
+_SPARSE_TRACKS = ("tracks_xy", "tracks_visible")
+"""Stored as their visible entries only (issue 25): a track is seen in at most
+2 x radius + 1 frames, so the dense (M, N) arrays, M ~ N / query_every x grid^2, grew
+with the square of the frame count (219 of the 560 MB of a 334-frame run's cache)."""
 
 
 def cache_key(images: np.ndarray, shape: tuple[int, int], cfg: CorrespondenceConfig) -> str:
@@ -41,15 +45,27 @@ def cache_key(images: np.ndarray, shape: tuple[int, int], cfg: CorrespondenceCon
 
 
 def _arrays(corr: Correspondences) -> dict[str, np.ndarray]:
-    out = {f.name: getattr(corr, f.name) for f in fields(corr) if f.name != "bridges"}
+    """The arrays written to the cache file: the tracks as their visible entries
+    (``tracks_xy`` is zero elsewhere, :func:`flowmap.correspondences.tracks.compute_tracks`,
+    so this is lossless) and the visibility as bits; everything else as it is."""
+    skip = ("bridges", *_SPARSE_TRACKS)
+    out = {f.name: getattr(corr, f.name) for f in fields(corr) if f.name not in skip}
+    visible = np.asarray(corr.tracks_visible, bool)
+    out["tracks_visible_bits"] = np.packbits(visible, axis=1)
+    out["tracks_visible_xy"] = np.asarray(corr.tracks_xy)[visible]
     out.update({_BRIDGE_PREFIX + f.name: getattr(corr.bridges, f.name) for f in fields(Bridges)})
     return out
 
 
 def _from_arrays(z) -> Correspondences:
     bridges = Bridges(**{f.name: z[_BRIDGE_PREFIX + f.name] for f in fields(Bridges)})
-    names = [f.name for f in fields(Correspondences) if f.name != "bridges"]
-    return Correspondences(**{k: z[k] for k in names}, bridges=bridges)
+    names = [f.name for f in fields(Correspondences) if f.name not in ("bridges", *_SPARSE_TRACKS)]
+    arrays = {k: z[k] for k in names}
+    n_frames = arrays["flow_fwd"].shape[0] + 1
+    visible = np.unpackbits(z["tracks_visible_bits"], axis=1, count=n_frames).astype(bool)
+    xy = np.zeros(visible.shape + (2,), np.float32)
+    xy[visible] = z["tracks_visible_xy"]
+    return Correspondences(**arrays, tracks_xy=xy, tracks_visible=visible, bridges=bridges)
 
 
 def load_or_compute(

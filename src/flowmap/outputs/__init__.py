@@ -4,13 +4,19 @@
 
     OUT/poses.txt             name tx ty tz qx qy qz qw, c2w, OpenCV axes (shared/data layout)
     OUT/intrinsics.json       width height fx fy cx cy source, pixels of the input frames
-    OUT/depth/<stem>.npy      float32 z-depth (h, w) at the working resolution
+    OUT/depth/<stem>.npy      float32 z-depth (h, w): the dense stage's (flowmap.dense, half the
+                              input resolution by default), else the working resolution's
+    OUT/confidence/<stem>.npy float32 confidence in [0, 1] of the dense depth (with the dense stage)
     OUT/points.ply            coloured point cloud from the depth maps (plyfile)
     OUT/colmap/images/        the input frames at input resolution
     OUT/colmap/sparse/0/      COLMAP model (pycolmap): cameras, images, points3D (.bin [+ .txt])
     OUT/transforms.json       nerfstudio cameras (+ OUT/depth_png/<stem>.png, 16-bit depth)
     OUT/summary.json          settings, frames, timings (time_s), losses, focal, warnings
     OUT/report...             written by flowmap.outputs.report when cfg.report
+
+Frames that were not keyframes (``rec.others``, :mod:`flowmap.register`) are written
+beside the keyframes in ``poses.txt``, the COLMAP model (registered, no 2D points) and
+``transforms.json`` (unless ``keyframes_only``); depth maps stay per keyframe.
 
 Nothing is half-written: all files go to a temporary sibling ``OUT.tmp-<pid>`` that is
 renamed into place once complete; an existing OUT is replaced only then
@@ -21,7 +27,8 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +39,7 @@ from flowmap.outputs.colmap import write_colmap, write_images
 from flowmap.layout import write_intrinsics, write_poses
 from flowmap.outputs.nerfstudio import NERFSTUDIO_DEFAULT_DEPTH_UNIT, write_transforms
 from flowmap.outputs.ply import depth_point_cloud, write_ply
-from flowmap.types import Frames, Reconstruction
+from flowmap.types import Frames, NonKeyframes, Reconstruction
 from flowmap.validate import check_out_dir
 
 __all__ = ["OutputConfig", "write_outputs"]
@@ -46,6 +53,7 @@ def write_outputs(
     summary: dict | None = None,
     overwrite: bool = False,
     warnings: list[str] | None = None,
+    read_others: Callable[[list[int]], Iterable[Frames]] | None = None,
 ) -> Path:
     """Write every output of a run into ``out_dir``, atomically.
 
@@ -64,6 +72,13 @@ def write_outputs(
         overwrite: replace an existing non-empty ``out_dir`` (only once the new one is
             complete).
         warnings: receives the output stage's warnings (also in ``summary.json``).
+        read_others: with ``rec.others`` (frames that were not keyframes): reads the
+            input frames at given positions among the selected frames, one
+            single-frame :class:`Frames` at a time, for the COLMAP / nerfstudio images.
+            The registered ones are written beside the keyframes in ``poses.txt``, the
+            COLMAP model and ``transforms.json`` (not with ``cfg.keyframes_only``);
+            ``summary.json`` lists the keyframes' source indices under ``keyframes``
+            and the others under ``non_keyframes``.
 
     Returns:
         ``out_dir``.
@@ -78,15 +93,21 @@ def write_outputs(
     check_out_dir(out_dir, overwrite)
     check_consistent(rec, frames)
     unposed = [name for name, ok in zip(rec.names, rec.posed_mask) if not ok]
+    keyframe_info = keyframe_summary(rec, frames, cfg.keyframes_only)
+    if rec.others is not None:
+        unposed += [name for name, ok in zip(rec.others.names, rec.others.registered) if not ok]
     if unposed:  # frames that could not be registered are reported, never written with a made-up pose
         frames, rec = frames.subset(np.flatnonzero(rec.posed_mask)), rec.posed()
-    summary = merge({"frames_posed": rec.n, "unregistered_frames": unposed}, summary or {})
+    if rec.others is not None and rec.others.n and read_others is None:
+        raise ValueError("frames that were not keyframes need read_others to write their images")
+    posed = rec.n + (0 if rec.others is None else int(rec.others.registered.sum()))
+    summary = merge({"frames_posed": posed, "unregistered_frames": unposed, **keyframe_info}, summary or {})
     if cfg.report and cfg.gt_dir is not None:  # fail before any work on a bad ground truth
         from flowmap.evaluation import read_ground_truth
 
         read_ground_truth(Path(cfg.gt_dir))
     with atomic_dir(out_dir) as tmp:
-        extra = write_contents(rec, frames, tmp, cfg)
+        extra = write_contents(rec, frames, tmp, cfg, read_others)
         timings = {**rec.timings, "outputs_s": time.perf_counter() - t0}
         write_summary(tmp / "summary.json", rec, frames, cfg, extra, timings, summary)
     if warnings is not None:
@@ -105,28 +126,67 @@ def check_consistent(rec: Reconstruction, frames: Frames) -> None:
         raise ValueError("the reconstruction has non-finite poses or intrinsics; nothing written")
 
 
-def write_contents(rec: Reconstruction, frames: Frames, directory: Path, cfg: OutputConfig) -> dict:
-    """Write all files into ``directory``; return what summary.json should say about them."""
+def keyframe_summary(rec: Reconstruction, frames: Frames, keyframes_only: bool) -> dict:
+    """``summary.json``'s entries on keyframes: ``keyframes`` (source indices of the
+    reconstructed frames), ``n_keyframes``, and ``non_keyframes`` (count, posed, whether
+    written, their source indices, the names of those not registered)."""
+    keys = list(rec.keyframes) or list(frames.source_indices)
+    info: dict = {"keyframes": [int(i) for i in keys], "n_keyframes": len(keys)}
+    others = rec.others
+    if others is not None:
+        info["non_keyframes"] = {
+            "count": others.n,
+            "posed": int(others.registered.sum()),
+            "written": not keyframes_only,
+            "source_indices": [int(i) for i in others.source_indices],
+            "unregistered": [name for name, ok in zip(others.names, others.registered) if not ok],
+        }
+    return info
+
+
+def all_poses(rec: Reconstruction, frames: Frames, keyframes_only: bool) -> tuple[list[str], np.ndarray, NonKeyframes | None]:
+    """Names and c2w (M, 4, 4) of every posed frame to write, in source order: the
+    posed keyframes and, unless ``keyframes_only``, the registered other frames; and
+    those other frames (None when none are written)."""
+    others = None if rec.others is None or keyframes_only else rec.others.posed()
+    if others is None or others.n == 0:
+        return list(frames.names), rec.c2w, None
+    names = list(frames.names) + list(others.names)
+    order = np.argsort(np.concatenate([frames.source_indices, others.source_indices]), kind="stable")
+    c2w = np.concatenate([rec.c2w, others.c2w])
+    return [names[k] for k in order], c2w[order], others
+
+
+def write_contents(
+    rec: Reconstruction, frames: Frames, directory: Path, cfg: OutputConfig, read_others: Callable | None = None
+) -> dict:
+    """Write all files into ``directory``; return what summary.json should say about them
+    (``read_others``: see :func:`write_outputs`)."""
     H, W = frames.height, frames.width
-    h, w = rec.working_size
     info: dict = {"warnings": [], "timings": {}}
 
     def timed(key: str, start: float) -> None:
         info["timings"][key] = time.perf_counter() - start
 
     start = time.perf_counter()
-    write_poses(directory / "poses.txt", list(frames.names), rec.c2w)
+    names, c2w, others = all_poses(rec, frames, cfg.keyframes_only)
+    write_poses(directory / "poses.txt", names, c2w)
     write_intrinsics(
         directory / "intrinsics.json", rec.K_at(H, W), W, H, "flowmap estimate (pixels of the input frames)"
     )
+    maps = depth_maps(rec)
     (directory / "depth").mkdir()
-    for name, depth in zip(frames.names, rec.depth):
+    for name, depth in zip(frames.names, maps.depth):
         np.save(directory / "depth" / f"{Path(name).stem}.npy", np.asarray(depth, dtype=np.float32))
+    if rec.dense is not None:
+        (directory / "confidence").mkdir()
+        for name, conf in zip(frames.names, rec.dense.confidence):
+            np.save(directory / "confidence" / f"{Path(name).stem}.npy", np.asarray(conf, dtype=np.float32))
     timed("write_cameras_depth_s", start)
 
     if cfg.ply:
         start = time.perf_counter()
-        xyz, rgb = depth_point_cloud(rec, cfg.max_points, cfg.min_weight, cfg.depth_tol, cfg.seed)
+        xyz, rgb = ply_points(rec, cfg)
         write_ply(directory / "points.ply", xyz, rgb)
         info["ply_points"] = len(xyz)
         if len(xyz) == 0:
@@ -146,6 +206,8 @@ def write_contents(rec: Reconstruction, frames: Frames, directory: Path, cfg: Ou
             rel_tol=cfg.depth_tol,
             seed=cfg.seed,
             jpeg_quality=cfg.jpeg_quality,
+            others=others,
+            read_others=read_others,
         )
         info["colmap"] = {
             "images": model.num_reg_images(),
@@ -156,11 +218,13 @@ def write_contents(rec: Reconstruction, frames: Frames, directory: Path, cfg: Ou
     elif cfg.transforms:
         image_dir = "images"
         write_images(frames, directory / image_dir, cfg.jpeg_quality)
+        for frame in [] if others is None else read_others(others.positions.tolist()):
+            write_images(frame, directory / image_dir, cfg.jpeg_quality)
 
     if cfg.transforms:
         start = time.perf_counter()
         path = write_transforms(
-            rec, frames, directory, image_dir=image_dir, ply_file_path="points.ply" if cfg.ply else None
+            maps, frames, directory, image_dir=image_dir, ply_file_path="points.ply" if cfg.ply else None, others=others
         )
         unit = json.loads(path.read_text())["depth_unit_scale_factor"]
         info["depth_unit_scale_factor"] = unit
@@ -182,8 +246,30 @@ def write_contents(rec: Reconstruction, frames: Frames, directory: Path, cfg: Ou
         else:
             write_report(rec, directory, gt_dir=cfg.gt_dir)
         timed("write_report_s", start)
-    info["depth_resolution"] = [h, w]
+    info["depth_resolution"] = list(maps.working_size)
     return info
+
+
+def depth_maps(rec: Reconstruction) -> Reconstruction:
+    """``rec`` with the depth maps to write: the dense stage's where it ran
+    (:class:`flowmap.types.DenseDepth`, its resolution), else ``rec`` itself."""
+    if rec.dense is None:
+        return rec
+    return replace(rec, depth=rec.dense.depth, images=rec.dense.images)
+
+
+def ply_points(rec: Reconstruction, cfg: OutputConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Points of ``points.ply``: the dense stage's fused confident points (each surface
+    once) where it ran, else the working-resolution depth filtered by weight and
+    neighbour agreement (:func:`flowmap.outputs.ply.depth_point_cloud`); at most
+    ``cfg.max_points``, drawn uniformly with ``cfg.seed``."""
+    if rec.dense is None:
+        return depth_point_cloud(rec, cfg.max_points, cfg.min_weight, cfg.depth_tol, cfg.seed)
+    xyz, rgb = rec.dense.points_xyz, rec.dense.points_rgb
+    if len(xyz) > cfg.max_points:
+        keep = np.sort(np.random.default_rng(cfg.seed).choice(len(xyz), size=cfg.max_points, replace=False))
+        xyz, rgb = xyz[keep], rgb[keep]
+    return xyz, rgb
 
 
 def _peak_rss_mb() -> float:
@@ -206,7 +292,7 @@ def write_summary(
 ) -> None:
     """Write ``summary.json``: what rec and the output stage say, merged with ``extra``."""
     H, W = frames.height, frames.width
-    h, w = rec.working_size
+    h, w = depth_maps(rec).working_size
     K = rec.K_at(H, W)
     timings = {**timings, **info["timings"]}
     # rec.timings holds nested stages (correspondences_s = flow_s + tracks_s, ...): use the

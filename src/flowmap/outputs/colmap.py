@@ -20,6 +20,7 @@ point and every 2D observation are shifted by +0.5 pixels. Poses: COLMAP stores
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import cv2
@@ -30,7 +31,7 @@ from scipy.spatial.transform import Rotation
 from flowmap.camera import corner_uv, project_points, to_corner_origin
 from flowmap.io import write_image
 from flowmap.outputs.ply import depth_agreement, depth_point_cloud
-from flowmap.types import Frames, Reconstruction
+from flowmap.types import Frames, NonKeyframes, Reconstruction
 
 CAMERA_ID = 1
 
@@ -190,6 +191,20 @@ def build_reconstruction(
     return model
 
 
+def add_posed_images(model: pycolmap.Reconstruction, names: list[str], c2w: np.ndarray) -> None:
+    """Register images without observations in ``model`` (frames posed after the
+    refinement, :mod:`flowmap.register`): ids after the existing ones, camera 1.
+
+    Args:
+        model: a model from :func:`build_reconstruction`.
+        names: M image names; c2w: (M, 4, 4) camera-to-world, OpenCV axes.
+    """
+    first = max(model.images.keys(), default=0) + 1
+    for k, (name, pose) in enumerate(zip(names, c2w)):
+        image = pycolmap.Image(name=name, keypoints=np.zeros((0, 2)), camera_id=CAMERA_ID, image_id=first + k)
+        model.add_image_with_trivial_frame(image, cam_from_world(pose))
+
+
 def write_colmap(
     rec: Reconstruction,
     frames: Frames,
@@ -200,6 +215,8 @@ def write_colmap(
     rel_tol: float = 0.05,
     seed: int = 0,
     jpeg_quality: int = 95,
+    others: NonKeyframes | None = None,
+    read_others: Callable[[list[int]], Iterable[Frames]] | None = None,
 ) -> pycolmap.Reconstruction:
     """Write a COLMAP model of the reconstruction: ``images/`` and ``sparse/0/``.
 
@@ -219,6 +236,11 @@ def write_colmap(
         max_points: the most 3D points.
         min_weight, rel_tol, seed: point sampling, see ``depth_point_cloud``.
         jpeg_quality: quality of the written ``.jpg`` frames.
+        others: posed frames that were not keyframes, registered in the model without
+            observations (:func:`add_posed_images`); None: none.
+        read_others: reads the input frames at the given positions among the selected
+            frames (``others.positions``), one :class:`Frames` of one frame at a time,
+            so that their images are written without holding them all in memory.
 
     Returns:
         The pycolmap model that was written.
@@ -233,6 +255,10 @@ def write_colmap(
     write_images(frames, directory / "images", jpeg_quality)
     xyz, rgb = depth_point_cloud(rec, max_points, min_weight=min_weight, rel_tol=rel_tol, seed=seed)
     model = build_reconstruction(rec, list(frames.names), (frames.height, frames.width), xyz, rgb, rel_tol)
+    if others is not None and others.n:
+        add_posed_images(model, others.names, others.c2w)
+        for frame in read_others(others.positions.tolist()):
+            write_images(frame, directory / "images", jpeg_quality)
     sparse = directory / "sparse" / "0"
     sparse.mkdir(parents=True, exist_ok=True)
     model.write(sparse)

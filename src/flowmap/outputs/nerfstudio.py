@@ -34,7 +34,7 @@ import numpy as np
 from flowmap.camera import to_corner_origin
 from flowmap.errors import InputError
 from flowmap.io import write_image
-from flowmap.types import Frames, Reconstruction
+from flowmap.types import Frames, NonKeyframes, Reconstruction
 
 CV_TO_GL = np.diag([1.0, -1.0, -1.0, 1.0])
 APPLIED_TRANSFORM = np.eye(4)[:3]
@@ -78,6 +78,7 @@ def write_transforms(
     image_dir: str = "colmap/images",
     depth_dir: str | None = "depth_png",
     ply_file_path: str | None = None,
+    others: NonKeyframes | None = None,
 ) -> Path:
     """Write ``directory/transforms.json`` (and depth PNGs) for nerfstudio.
 
@@ -92,6 +93,10 @@ def write_transforms(
             resizes them to the image), relative to ``directory``; None: no depth.
         ply_file_path: a point cloud relative to ``directory`` for nerfstudio's
             ``ply_file_path`` (splatfacto initialisation), or None.
+        others: posed frames that were not keyframes (no depth map), listed after the
+            keyframes (images under ``image_dir`` too). nerfstudio wants a depth file
+            for every frame or none, so with any of them the entries name no depth file
+            (the keyframes' PNGs are still written to ``depth_dir``).
 
     Returns:
         The path of ``transforms.json``.
@@ -129,8 +134,11 @@ def write_transforms(
         if depth_dir is not None:
             rel = f"{depth_dir}/{Path(name).stem}.png"
             write_depth_png(directory / rel, rec.depth[i], unit)
-            entry["depth_file_path"] = rel
+            if others is None or others.n == 0:
+                entry["depth_file_path"] = rel
         entries.append(entry)
+    for name, c2w in [] if others is None else zip(others.names, others.c2w):
+        entries.append({"file_path": f"{image_dir}/{name}", "transform_matrix": (c2w @ CV_TO_GL).tolist()})
     meta["frames"] = entries
     path = directory / "transforms.json"
     path.write_text(json.dumps(meta, indent=2) + "\n")

@@ -15,10 +15,11 @@ Stages, in order, each a typed value in and out (see :mod:`flowmap.types`)::
     refine     global refinement on COLMAP: SIFT matches on a pose-guided pair graph,
                triangulation, bundle adjustment in rounds, depth made consistent
                (flowmap.refine; skipped with ``config.refine = None``)
-    dense      multi-view depth at half the input resolution with the final cameras
-               held fixed, confidence, fused points (flowmap.dense; after a refinement)
     register   the frames that were not keyframes, posed against the refined
                keyframes (flowmap.register)
+    dense      with ``config.dense.enabled`` (``--depth-scale``; off by default):
+               multi-view depth of the keyframes with the final cameras held fixed,
+               confidence, fused points (flowmap.dense; after an applied refinement)
     outputs    Reconstruction -> files in OUT (flowmap.outputs), when OUT is given
 
 Every stage's wall time is measured where it runs (``timings``: ``keyframes_s`` (the

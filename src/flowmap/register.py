@@ -23,17 +23,9 @@ import cv2
 import numpy as np
 
 from flowmap.camera import CORNER_SHIFT, to_corner_origin, unproject_pixels
-from flowmap.correspondences.flow import forward_backward_mask, inside_mask, warp_by_flow
+from flowmap.correspondences.flow import DIS_PRESETS, forward_backward_mask, inside_mask, warp_by_flow
 from flowmap.errors import InputError
 from flowmap.types import NonKeyframes
-
-
-DIS_PRESETS = {
-    "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
-    "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
-    "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
-}
-"""``RegisterConfig.flow_preset`` -> OpenCV's DIS preset."""
 
 
 @dataclass

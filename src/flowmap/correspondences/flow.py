@@ -152,6 +152,14 @@ class FlowConfig:
     threads: int = 0
 
 
+DIS_PRESETS = {
+    "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
+    "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
+    "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
+}
+"""OpenCV's DIS presets by name (Kroeger et al., ECCV 2016), for the stages that run DIS
+directly (:mod:`flowmap.register`, :mod:`flowmap.dense`)."""
+
 METHOD_SCALE = 2.0
 """Flow resolution per side relative to the working resolution, METHOD.md 2 (4x the pixels)."""
 

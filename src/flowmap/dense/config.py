@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-DIS_PRESETS = ("ultrafast", "fast", "medium")
+from flowmap.correspondences.flow import DIS_PRESETS
+
 METHODS = ("sweep", "flow")
 FILLS = ("auto", "network", "smooth", "none")
 

@@ -19,18 +19,14 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-_PRESETS = {
-    "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
-    "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
-    "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
-}
+from flowmap.correspondences.flow import DIS_PRESETS
 
 
 class PairFlow:
     """DIS flow between grayscale frames (uint8, (h, w)) at the output resolution."""
 
     def __init__(self, preset: str = "medium") -> None:
-        self._dis = cv2.DISOpticalFlow_create(_PRESETS[preset])
+        self._dis = cv2.DISOpticalFlow_create(DIS_PRESETS[preset])
 
     def flow(self, gray_i: np.ndarray, gray_j: np.ndarray) -> np.ndarray:
         """Flow i -> j, (h, w, 2) float32 pixels."""

@@ -204,6 +204,22 @@ def test_forward_motion_tells_driving_from_sideways_and_orbits(scene):
     assert forward_motion(np.tile(np.eye(4), (n, 1, 1))) == 0.0
 
 
+def test_forward_motion_settings_apply_only_on_forward_motion():
+    """Issue 23/24: the cheaper pair graph and early stop of the general settings, the
+    denser graph and tighter stop (and DSP-SIFT) only where the camera drives forward."""
+    from flowmap.refine.core import settings_for_motion
+
+    cfg = RefineConfig()
+    assert settings_for_motion(cfg, 0.3) == cfg
+    fwd = settings_for_motion(cfg, 0.95)
+    assert fwd.features == "colmap" and fwd.max_num_features >= 8192
+    assert fwd.max_pairs_per_frame == max(cfg.max_pairs_per_frame, cfg.forward_max_pairs_per_frame) > cfg.max_pairs_per_frame
+    assert fwd.converge_tol == min(cfg.converge_tol, cfg.forward_converge_tol) < cfg.converge_tol
+    assert fwd.function_tolerance == min(cfg.function_tolerance, cfg.forward_function_tolerance) < cfg.function_tolerance
+    off = RefineConfig(forward_max_pairs_per_frame=None, forward_converge_tol=None, forward_features=None, forward_function_tolerance=None)
+    assert settings_for_motion(off, 0.95) == off
+
+
 def test_refine_rejects_bad_inputs(scene):
     with pytest.raises(ValueError):
         refine(scene.images[:2], scene.c2w[:2], scene.K, scene.depth[:2], progress=False)
@@ -273,7 +289,7 @@ def test_refine_config_rejects_bad_new_settings():
                 {"max_frame_disagreement_deg": 0.0}, {"features": "orb"}, {"rounds_long": 0}, {"function_tolerance": 0.0},
                 {"max_focal_ratio_explained": 1.2}, {"focal_explained_max_disagreement_deg": 0.0},
                 {"forward_features": "orb"}, {"forward_motion_min_cos": 1.5}, {"final_function_tolerance": 1.0},
-                {"forward_function_tolerance": 0.0}, {"reinit_tracks_per_view": 0}, {"verify_min_trials": 0}, {"tri_refinements": -1},
+                {"forward_function_tolerance": 0.0}, {"forward_max_pairs_per_frame": -1}, {"forward_converge_tol": 0.0}, {"reinit_tracks_per_view": 0}, {"verify_min_trials": 0}, {"tri_refinements": -1},
                 {"reinit_ba_function_tolerance": 1.0}):
         with pytest.raises(ValueError):
             RefineConfig(**bad).check()

@@ -94,6 +94,28 @@ def forward_motion(c2w: np.ndarray) -> float:
     return float(np.median(cos))
 
 
+def settings_for_motion(config: RefineConfig, forward: float) -> RefineConfig:
+    """``config`` with its ``forward_*`` settings applied when ``forward`` (see
+    :func:`forward_motion`) exceeds ``config.forward_motion_min_cos``; else ``config``.
+
+    On forward motion: COLMAP's DSP-SIFT with at least 8,192 features (``forward_features``),
+    at most ``forward_function_tolerance``, at least ``forward_max_pairs_per_frame`` overlap
+    pairs per frame and at most ``forward_converge_tol`` (issue 24; the measurements are in
+    :class:`RefineConfig`).
+    """
+    if not forward > config.forward_motion_min_cos:
+        return config
+    if config.features == "opencv" and config.forward_features == "colmap":
+        config = replace(config, features="colmap", max_num_features=max(config.max_num_features, 8192))
+    if config.forward_function_tolerance is not None:
+        config = replace(config, function_tolerance=min(config.function_tolerance, config.forward_function_tolerance))
+    if config.forward_max_pairs_per_frame is not None:
+        config = replace(config, max_pairs_per_frame=max(config.max_pairs_per_frame, config.forward_max_pairs_per_frame))
+    if config.forward_converge_tol is not None:
+        config = replace(config, converge_tol=min(config.converge_tol, config.forward_converge_tol))
+    return config
+
+
 def _within(ratio: float, bound: float) -> bool:
     """``ratio`` lies in [1 / bound, bound] (False for NaN)."""
     return bool(1.0 / bound <= ratio <= bound)
@@ -180,11 +202,7 @@ def refine(
     warnings: list[str] = []
     stats: dict = {"frames": n, "seconds": {}}
     stats["forward_motion"] = forward = forward_motion(c2w)
-    if forward > config.forward_motion_min_cos:
-        if config.features == "opencv" and config.forward_features == "colmap":
-            config = replace(config, features="colmap", max_num_features=max(config.max_num_features, 8192))
-        if config.forward_function_tolerance is not None:
-            config = replace(config, function_tolerance=min(config.function_tolerance, config.forward_function_tolerance))
+    config = settings_for_motion(config, forward)
     stats["features"] = config.features
     sec = stats["seconds"]
     t_all = time.perf_counter()

@@ -33,12 +33,13 @@ def test_neighbour_keyframes():
     assert neighbour_keyframes(7, keys) == [1, 2]
 
 
-def test_recovers_the_true_poses_of_frames_between_keyframes(scene):
+@pytest.mark.parametrize("method", ["lk", "dis"])
+def test_recovers_the_true_poses_of_frames_between_keyframes(scene, method):
     keys = np.array([0, 5, 10, 15])
     names = list(scene.names)
     others = register_frames(
         gray(scene.images), keys, scene.c2w[keys], scene.K, scene.depth[keys], np.ones(len(keys), bool),
-        names, list(range(len(names))), RegisterConfig(),
+        names, list(range(len(names))), RegisterConfig(method=method),
     )
     expected = [i for i in range(16) if i not in keys]
     assert others.positions.tolist() == expected and others.names == [names[i] for i in expected]
@@ -49,7 +50,8 @@ def test_recovers_the_true_poses_of_frames_between_keyframes(scene):
         assert np.linalg.norm(pose[:3, 3] - scene.c2w[i, :3, 3]) < 0.01 * extent
 
 
-def test_unposed_keyframes_are_not_used_and_unmatched_frames_are_reported(scene):
+@pytest.mark.parametrize("method", ["lk", "dis"])
+def test_unposed_keyframes_are_not_used_and_unmatched_frames_are_reported(scene, method):
     """A frame whose only posed keyframe shows something else (noise) is reported as
     not registered, with an identity placeholder, never posed from bad matches."""
     keys = np.array([0, 5, 10, 15])
@@ -57,10 +59,19 @@ def test_unposed_keyframes_are_not_used_and_unmatched_frames_are_reported(scene)
     g[12] = np.random.default_rng(0).integers(0, 256, g[12].shape, dtype=np.uint8)
     posed = np.array([True, True, False, False])  # frames 11-14 only have keyframe 5 (index 1) to use
     others = register_frames(
-        g, keys, scene.c2w[keys], scene.K, scene.depth[keys], posed, list(scene.names), list(range(16)), RegisterConfig(),
+        g, keys, scene.c2w[keys], scene.K, scene.depth[keys], posed, list(scene.names), list(range(16)), RegisterConfig(method=method),
     )
     by_position = dict(zip(others.positions.tolist(), range(others.n)))
     assert not others.registered[by_position[12]]
     np.testing.assert_array_equal(others.c2w[by_position[12]], np.eye(4))
     assert others.registered[by_position[6]]  # beyond the last posed keyframe (5): posed from it alone
     assert others.posed().n == int(others.registered.sum())
+
+
+def test_an_unknown_registration_method_is_a_clear_error(scene):
+    from flowmap.errors import InputError
+
+    keys = np.array([0, 5])
+    with pytest.raises(InputError, match="method"):
+        register_frames(gray(scene.images[:6]), keys, scene.c2w[keys], scene.K, scene.depth[keys], np.ones(2, bool),
+                        list(scene.names[:6]), list(range(6)), RegisterConfig(method="sift"))

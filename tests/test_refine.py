@@ -282,6 +282,7 @@ def test_long_videos_stop_the_adjustment_rounds_earlier():
     assert round_cap(cfg, cfg.long_from_frames) == cfg.rounds_long
     assert round_cap(RefineConfig.colmap(), 229) == 4  # the refinement before issue 23: no early stop
     assert RefineConfig.colmap().reinit_tracks_per_view is None  # and the full global mapper
+    assert not RefineConfig.colmap().reinit_skip_fixed_rotation and RefineConfig().reinit_skip_fixed_rotation
 
 
 def test_refine_config_rejects_bad_new_settings():

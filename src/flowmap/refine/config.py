@@ -202,6 +202,14 @@ class RefineConfig:
             off its pairs (ATE 0.005). When a frame stays more than
             ``reinit_frame_deg`` off its verified pairs after the adjustment, the mapper
             runs again with every track and the better agreement is kept.
+        reinit_skip_fixed_rotation: skip the first stage of the global mapper's bundle
+            adjustment, which adjusts positions and points with the averaged rotations
+            held fixed, and go straight to the joint adjustment. From the 10-step starts
+            (``benchmarks/refine_eval.py``, 2026-12-05 session 28) the six shared
+            sequences refine to the same ATE (castle-P30 0.00100, fountain-P11 0.00015,
+            fox 0.00024, llff-fern 0.00071, tum-office 0.00102, tum-rpy 0.0498 against
+            0.0503), tum-rpy-long 0.01848 against 0.01857 with its mapper 12.4 -> 9.1 s,
+            kitti-06 0.00015 / focal 0.99 %, tartanair-hospital 0.0115 (0.0109).
         reinit_ba_function_tolerance: Ceres' function tolerance of the global mapper's
             own bundle adjustment (None: COLMAP's 1e-5). 1e-3 took fox's mapper from 1.04
             to 0.59 s and left the refined ATE of the six shared sequences, kitti-06,
@@ -305,6 +313,7 @@ class RefineConfig:
     reinit_retriangulate: bool = True
     reinit_light_from_frames: int = 0
     reinit_tracks_per_view: int | None = 200
+    reinit_skip_fixed_rotation: bool = True
     reinit_ba_function_tolerance: float | None = None
     min_observations_per_frame: int = 20
     max_jump: float = 0.5
@@ -332,6 +341,7 @@ class RefineConfig:
             features="colmap", max_num_features=8192, exhaustive_max_frames=20, filter_max_error_px=4.0, reinit_light_from_frames=100,
             rounds=4, rounds_long=4, reinit_tracks_per_view=None, verify_min_trials=100, tri_refinements=5,
             reinit_ba_function_tolerance=None, max_pairs_per_frame=8, converge_tol=1e-3, function_tolerance=1e-5,
+            reinit_skip_fixed_rotation=False,
         )
         settings.update(overrides)
         return cls(**settings)

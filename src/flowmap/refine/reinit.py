@@ -159,6 +159,7 @@ def global_reinit(database: Path, image_dir: Path, workdir: Path, names: list[st
     light = len(names) >= cfg.reinit_light_from_frames
     options.mapper.ba_num_iterations = 1 if light else int(cfg.reinit_ba_rounds)
     options.mapper.skip_retriangulation = light or not cfg.reinit_retriangulate
+    options.mapper.ba_skip_fixed_rotation_stage = bool(cfg.reinit_skip_fixed_rotation)
     if cfg.reinit_ba_function_tolerance is not None:
         options.mapper.bundle_adjustment.ceres.solver_options.function_tolerance = float(cfg.reinit_ba_function_tolerance)
     if cfg.reinit_tracks_per_view is not None:

@@ -220,6 +220,16 @@ def test_forward_motion_settings_apply_only_on_forward_motion():
     assert settings_for_motion(off, 0.95) == off
 
 
+def test_a_few_photos_keep_the_global_mappers_fixed_rotation_stage():
+    from flowmap.refine.core import settings_for_few_views
+
+    cfg = RefineConfig()
+    assert cfg.reinit_skip_fixed_rotation
+    assert settings_for_few_views(cfg, cfg.few_views_max_frames + 1) == cfg
+    assert not settings_for_few_views(cfg, cfg.few_views_max_frames).reinit_skip_fixed_rotation
+    assert not settings_for_few_views(cfg, 3).reinit_skip_fixed_rotation
+
+
 def test_refine_rejects_bad_inputs(scene):
     with pytest.raises(ValueError):
         refine(scene.images[:2], scene.c2w[:2], scene.K, scene.depth[:2], progress=False)

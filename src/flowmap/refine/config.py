@@ -209,7 +209,10 @@ class RefineConfig:
             sequences refine to the same ATE (castle-P30 0.00100, fountain-P11 0.00015,
             fox 0.00024, llff-fern 0.00071, tum-office 0.00102, tum-rpy 0.0498 against
             0.0503), tum-rpy-long 0.01848 against 0.01857 with its mapper 12.4 -> 9.1 s,
-            kitti-06 0.00015 / focal 0.99 %, tartanair-hospital 0.0115 (0.0109).
+            kitti-06 0.00015 / focal 0.99 %, tartanair-hospital 0.0115 (0.0109). With at
+            most ``few_views_max_frames`` frames the stage is kept
+            (:func:`flowmap.refine.core.settings_for_few_views`): without it fountain-P11
+            every 3rd frame ended 10 degrees off.
         reinit_ba_function_tolerance: Ceres' function tolerance of the global mapper's
             own bundle adjustment (None: COLMAP's 1e-5). 1e-3 took fox's mapper from 1.04
             to 0.59 s and left the refined ATE of the six shared sequences, kitti-06,

@@ -116,6 +116,22 @@ def settings_for_motion(config: RefineConfig, forward: float) -> RefineConfig:
     return config
 
 
+def settings_for_few_views(config: RefineConfig, n: int) -> RefineConfig:
+    """``config`` for ``n`` frames: with at most ``config.few_views_max_frames`` (a few
+    wide-baseline photos) the global mapper keeps the fixed-rotation stage of its bundle
+    adjustment (``reinit_skip_fixed_rotation`` off).
+
+    Skipping that stage left fountain-P11 every 3rd frame (4 photos) 10 degrees off
+    (ATE 0.0184 against 0.00026 with it, from a 10-step start, 2026-12-05 session 28),
+    and no check caught it. A SIMPLE_RADIAL camera for a few photos (COLMAP's default
+    model) was tried as well: castle-P30 every 6th frame 0.00229 and fountain-P11 every
+    3rd 0.00052 in ``flowmap bench`` (0.00327 and 0.00051 without): not kept.
+    """
+    if n > config.few_views_max_frames:
+        return config
+    return replace(config, reinit_skip_fixed_rotation=False)
+
+
 def _within(ratio: float, bound: float) -> bool:
     """``ratio`` lies in [1 / bound, bound] (False for NaN)."""
     return bool(1.0 / bound <= ratio <= bound)
@@ -202,7 +218,7 @@ def refine(
     warnings: list[str] = []
     stats: dict = {"frames": n, "seconds": {}}
     stats["forward_motion"] = forward = forward_motion(c2w)
-    config = settings_for_motion(config, forward)
+    config = settings_for_few_views(settings_for_motion(config, forward), n)
     stats["features"] = config.features
     sec = stats["seconds"]
     t_all = time.perf_counter()

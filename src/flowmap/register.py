@@ -1,11 +1,12 @@
 """Registration stage: a pose for every frame that was not a keyframe (issue 25).
 
 After the refinement, each keyframe has a refined camera and a depth map consistent
-with it. A frame between keyframes is posed from 2D-3D correspondences: OpenCV's DIS
-optical flow (Kroeger et al., ECCV 2016) from its nearest posed keyframe (or the ones
-before and after it) to the frame, kept where the forward-backward check (Sundaram et
-al., ECCV 2010) and a photometric check pass, lifts the keyframe's pixels to world
-points with its depth and camera; pycolmap's ``estimate_and_refine_absolute_pose`` (COLMAP's LO-RANSAC P3P
+with it. A frame between keyframes is posed from 2D-3D correspondences: the keyframe's
+Shi-Tomasi corners tracked into the frame by pyramidal Lucas-Kanade (the default), or
+OpenCV's DIS optical flow (Kroeger et al., ECCV 2016) with a photometric check, from its
+nearest posed keyframe (or the ones before and after it), kept where the
+forward-backward check (Sundaram et al., ECCV 2010) passes, lift the keyframe's pixels
+to world points with its depth and camera; pycolmap's ``estimate_and_refine_absolute_pose`` (COLMAP's LO-RANSAC P3P
 followed by a non-linear refinement) estimates the pose from them. A frame with too few
 RANSAC inliers, or too small a share of them, is reported as unregistered, never posed
 with a guess.

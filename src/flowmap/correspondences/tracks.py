@@ -66,6 +66,38 @@ def _bilinear_rgb(image: np.ndarray, pts: np.ndarray) -> np.ndarray:
     return out.reshape(-1, 3).astype(np.float32) / 255.0
 
 
+def lk_forward_backward(
+    gray0: np.ndarray, gray1: np.ndarray, pts: np.ndarray, window: int, levels: int, fb_threshold_px: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Track points from ``gray0`` into ``gray1`` with pyramidal Lucas-Kanade and keep
+    those that return within ``fb_threshold_px`` when tracked back (Kalal et al. 2010).
+
+    Args:
+        gray0, gray1: (H, W) uint8 grayscale images.
+        pts: (P, 2) float32 pixel positions in ``gray0`` (OpenCV centres).
+        window: Lucas-Kanade window side in pixels; levels: pyramid levels above the base.
+        fb_threshold_px: forward-backward tolerance in pixels.
+
+    Returns:
+        (P, 2) float32 positions in ``gray1`` and (P,) bool: found both ways, back within
+        the tolerance, finite and inside [-0.5, W - 0.5] x [-0.5, H - 0.5].
+    """
+    params = dict(
+        winSize=(window, window),
+        maxLevel=levels,
+        criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 0.01),
+    )
+    cur = np.ascontiguousarray(pts, dtype=np.float32).reshape(-1, 1, 2)
+    nxt, st, _ = cv2.calcOpticalFlowPyrLK(gray0, gray1, cur, None, **params)
+    back, st_b, _ = cv2.calcOpticalFlowPyrLK(gray1, gray0, nxt, None, **params)
+    fb = np.linalg.norm((back - cur).reshape(-1, 2), axis=1)
+    p = nxt.reshape(-1, 2)
+    h, w = gray1.shape[:2]
+    inside = (p[:, 0] >= -0.5) & (p[:, 0] <= w - 0.5) & (p[:, 1] >= -0.5) & (p[:, 1] <= h - 0.5)
+    ok = (st.ravel() == 1) & (st_b.ravel() == 1) & (fb <= fb_threshold_px) & inside & np.isfinite(p).all(axis=1)
+    return p, ok
+
+
 def _track_direction(
     gray: list[np.ndarray], start: int, stop: int, step: int, pts0: np.ndarray, cfg: TrackConfig
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -78,24 +110,12 @@ def _track_direction(
     Returns positions (F, P, 2) pixels and alive (F, P) bool for frames
     start+step, start+2*step, ... (F = number of frames visited).
     """
-    params = dict(
-        winSize=(cfg.lk_window, cfg.lk_window),
-        maxLevel=cfg.lk_levels,
-        criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 0.01),
-    )
-    h, w = gray[0].shape
     pts = pts0.astype(np.float32).reshape(-1, 2).copy()
     alive = np.ones(len(pts0), bool)
     positions, alives = [], []
     for t in range(start, stop, step):
         idx = np.flatnonzero(alive)
-        cur = pts[idx].reshape(-1, 1, 2)
-        nxt, st, _ = cv2.calcOpticalFlowPyrLK(gray[t], gray[t + step], cur, None, **params)
-        back, st_b, _ = cv2.calcOpticalFlowPyrLK(gray[t + step], gray[t], nxt, None, **params)
-        fb = np.linalg.norm((back - cur).reshape(-1, 2), axis=1)
-        p = nxt.reshape(-1, 2)
-        inside = (p[:, 0] >= -0.5) & (p[:, 0] <= w - 0.5) & (p[:, 1] >= -0.5) & (p[:, 1] <= h - 0.5)
-        ok = (st.ravel() == 1) & (st_b.ravel() == 1) & (fb <= cfg.fb_threshold_px) & inside & np.isfinite(p).all(axis=1)
+        p, ok = lk_forward_backward(gray[t], gray[t + step], pts[idx], cfg.lk_window, cfg.lk_levels, cfg.fb_threshold_px)
         alive[idx[~ok]] = False
         pts[idx[ok]] = p[ok]
         positions.append(np.where(alive[:, None], pts, 0.0))

@@ -11,6 +11,8 @@
 from __future__ import annotations
 
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
@@ -228,6 +230,57 @@ def test_a_few_photos_keep_the_global_mappers_fixed_rotation_stage():
     assert settings_for_few_views(cfg, cfg.few_views_max_frames + 1) == cfg
     assert not settings_for_few_views(cfg, cfg.few_views_max_frames).reinit_skip_fixed_rotation
     assert not settings_for_few_views(cfg, 3).reinit_skip_fixed_rotation
+    few = settings_for_few_views(cfg, 5)  # COLMAP's own database for its incremental start
+    assert few.features == "colmap" and not few.sift_dsp and not few.focal_prior and few.max_num_features >= 8192
+    flowmap_start = RefineConfig(few_views_start="flowmap")
+    assert settings_for_few_views(flowmap_start, 5) == replace(flowmap_start, reinit_skip_fixed_rotation=False)
+
+
+def test_a_few_photos_start_from_colmaps_incremental_mapper(scene):
+    """Issue 24: 6 photos with a wrong chain (garbage) and a focal 35 % low: the start
+    comes from COLMAP's incremental mapper on the verified matches, the adjustment on top
+    recovers the cameras and the focal; with few_views_start "flowmap" the global mapper
+    re-initialises instead."""
+    images, depth = scene.images[::3], scene.depth[::3, ::2, ::2]
+    n = len(images)
+    K0 = scene.K.copy()
+    K0[:2, :2] *= 0.65
+    res = refine(images, _garbage_cameras(n), K0, depth, RefineConfig(), progress=False)
+    assert res.applied and "incremental" in res.stats["reinit_reason"], res.warnings
+    assert res.stats["features"] == "colmap" and res.registered.all()
+    after = evaluate(res.c2w, _anchor(scene.c2w[::3]), res.K[0, 0], scene.K[0, 0])
+    assert after["ate_paper"] < 1e-3 and after["focal_rel_error"] < 0.02
+    other = refine(images, _garbage_cameras(n), K0, depth, RefineConfig(few_views_start="flowmap"), progress=False)
+    assert "incremental" not in other.stats.get("reinit_reason", "")
+    # A photo that shares nothing with the others (noise) is reported, not posed.
+    noisy = images.copy()
+    noisy[-1] = np.random.default_rng(2).integers(0, 256, noisy[-1].shape, dtype=np.uint8)
+    res = refine(noisy, _garbage_cameras(n), K0, depth, RefineConfig(), progress=False)
+    assert res.applied and list(np.flatnonzero(~res.registered)) == [n - 1] and res.stats["unregistered_frames"] == [n - 1]
+    after = evaluate(res.c2w[:-1], _anchor(scene.c2w[::3])[:-1], res.K[0, 0], scene.K[0, 0])
+    assert after["ate_paper"] < 1e-3 and after["focal_rel_error"] < 0.02
+
+
+def test_frames_taken_out_of_a_reconstruction_have_no_pose(scene):
+    """adjust.deregister: the frame loses its pose and observations; poses() gives NaN for it."""
+    import pycolmap
+
+    from flowmap.refine import adjust
+
+    rec = pycolmap.Reconstruction()
+    camera = pycolmap.Camera(model="SIMPLE_PINHOLE", width=320, height=240, params=[300.0, 160.0, 120.0], camera_id=1)
+    rec.add_camera_with_trivial_rig(camera)
+    names = [f"{k}.png" for k in range(3)]
+    c2w = _anchor(scene.c2w[:3])
+    from flowmap.refine.colmap_io import rigid_from_c2w
+
+    for k, name in enumerate(names):
+        image = pycolmap.Image(name=name, keypoints=np.zeros((0, 2)), camera_id=camera.camera_id, image_id=k + 1)
+        rec.add_image_with_trivial_frame(image, rigid_from_c2w(c2w[k]))
+    adjust.deregister(rec, names, [1])
+    out = adjust.poses(rec, names)
+    assert np.isnan(out[1]).all() and np.allclose(out[[0, 2]], c2w[[0, 2]], atol=1e-9)
+    assert rec.num_reg_images() == 2 and adjust.image_ids(rec, names + ["missing.png"])[-1] == -1
 
 
 def test_refine_rejects_bad_inputs(scene):

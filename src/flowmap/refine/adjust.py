@@ -49,15 +49,29 @@ def build_reconstruction(database: Path, names: list[str], c2w: np.ndarray, K_pa
 
 
 def image_ids(rec, names: list[str]) -> list[int]:
-    """Image id of each frame (index = frame)."""
+    """Image id of each frame (index = frame); -1 for a frame ``rec`` does not hold (the
+    triangulation returns only the registered images)."""
     by_name = {img.name: img_id for img_id, img in rec.images.items()}
-    return [by_name[n] for n in names]
+    return [by_name.get(n, -1) for n in names]
 
 
 def poses(rec, names: list[str]) -> np.ndarray:
-    """(N, 4, 4) camera-to-world of the frames in ``rec``."""
+    """(N, 4, 4) camera-to-world of the frames in ``rec``; NaN for a frame without a pose
+    (deregistered: :func:`deregister`)."""
+    out = np.full((len(names), 4, 4), np.nan)
+    for k, i in enumerate(image_ids(rec, names)):
+        if i >= 0 and rec.images[i].has_pose:
+            out[k] = c2w_from_rigid(rec.images[i].cam_from_world())
+    return out
+
+
+def deregister(rec, names: list[str], frames) -> None:
+    """Take ``frames`` (indices into ``names``) out of ``rec`` (in place): no pose, their
+    observations deleted, so that triangulation and bundle adjustment leave them out."""
     ids = image_ids(rec, names)
-    return np.stack([c2w_from_rigid(rec.images[i].cam_from_world()) for i in ids])
+    for k in frames:
+        if ids[int(k)] >= 0 and rec.images[ids[int(k)]].has_pose:
+            rec.deregister_frame(rec.images[ids[int(k)]].frame_id)
 
 
 def triangulate(rec, database: Path, image_dir: Path, workdir: Path, cfg):
@@ -183,8 +197,9 @@ def adjust_rounds(rec, database: Path, image_dir: Path, workdir: Path, names: li
         dropped = filter_points(rec, cfg)
         after = poses(rec, names)
         f_after = float(rec.cameras[next(iter(rec.cameras))].mean_focal_length())
-        extent = float(np.linalg.norm(np.ptp(after[:, :3, 3], axis=0))) or 1.0
-        move = float(np.max(np.linalg.norm(after[:, :3, 3] - before[:, :3, 3], axis=1)) / extent)
+        posed = np.isfinite(after[:, 0, 0]) & np.isfinite(before[:, 0, 0])
+        extent = float(np.linalg.norm(np.ptp(after[posed, :3, 3], axis=0))) or 1.0
+        move = float(np.max(np.linalg.norm(after[posed, :3, 3] - before[posed, :3, 3], axis=1)) / extent)
         stats = reprojection_stats(rec)
         info.update(round=r + 1, dropped=dropped, max_move=move, focal=f_after, reproj_px=stats["reproj_px"], observations=stats["observations"])
         records.append(info)

@@ -250,6 +250,31 @@ class RefineConfig:
             rotation disagreement above ``max_rotation_disagreement_deg``) poses no frame,
             and the run says so (castle-P30 every 10th frame, fountain-P11 every 5th: COLMAP builds no
             model either, FlowMap's cameras were 30-50 degrees off).
+        few_views_start: how a few photos (at most ``few_views_max_frames`` frames) get
+            their start (issue 24: "decide the start from the verified geometry").
+            "incremental": COLMAP's incremental mapper (two-view initialisation, then
+            registration and triangulation) on a database made as COLMAP makes it by
+            default (its plain SIFT, 8,192 features, no focal prior: ``focal_prior``
+            off), then the same triangulation and adjustment rounds; photos it leaves
+            out, or whose adjusted rotation stays more than ``reinit_frame_deg`` off
+            their verified pairs, are reported as not registered (castle-P30 every 4th
+            frame: 5 of 8 posed at ATE 0.0023, COLMAP 6 of 8 at 0.0040; fox every 8th:
+            5 of 7 at 0.0037, COLMAP 6 of 7 at 0.0022; both were "none posed" with the
+            global mapper's start, which joined them wrongly); when it registers
+            fewer than 3 frames the run goes on as for a video (FlowMap's cameras, or
+            the global mapper's when they disagree with the pairs). "flowmap": as for a
+            video. Why: with 3-5 photos almost every track has 2 views and the focal is
+            weakly fixed; the global mapper's start from OpenCV SIFT and FlowMap's focal
+            prior ended at 698.9-699.0 px from starts of 503-800 px and at 692.4 px from
+            408 px (castle-P30 every 6th frame, truth 689.9 px; ATE 0.0031 against 0.0014:
+            at 3 views each 10 px of focal is 0.003 of ATE), while COLMAP's
+            incremental start with the same adjustment on top gave 691.5-692.1 px, ATE
+            0.00054-0.00067 (COLMAP's own: 0.00077-0.00095, 6 runs), and fountain-P11
+            every 3rd frame 0.00028-0.00029 (COLMAP incremental 0.00075-0.00078, global
+            0.00034), 2026-12-05 session 29.
+        focal_prior: the database's camera starts at FlowMap's focal marked as a prior
+            (the verification then fits essential matrices with it); off: COLMAP's
+            no-EXIF default (1.2 x the larger image side) without prior.
         max_frame_disagreement_deg: a frame whose median disagreement with its verified
             pairs still exceeds this after the adjustment (degrees) is named in a warning:
             its pose is unreliable. Measured after the adjustment in the bench of
@@ -327,6 +352,8 @@ class RefineConfig:
     max_weak_fraction: float = 0.25
     report_unregistered: bool = True
     few_views_max_frames: int = 8
+    few_views_start: str = "incremental"
+    focal_prior: bool = True
     max_frame_disagreement_deg: float = 10.0
     max_rotation_disagreement_deg: float = 5.0
     depth_node_px: float | None = 16.0
@@ -396,8 +423,10 @@ class RefineConfig:
             raise ValueError("max_focal_ratio_explained must be >= max_focal_ratio and max_focal_ratio_reinit, focal_explained_max_disagreement_deg > 0")
         if not self.max_frame_disagreement_deg > 0:
             raise ValueError(f"max_frame_disagreement_deg must be > 0, got {self.max_frame_disagreement_deg}")
-        if self.few_views_max_frames < 0:
-            raise ValueError(f"few_views_max_frames must be >= 0, got {self.few_views_max_frames}")
+        if self.few_views_max_frames < 0 or self.few_views_start not in ("incremental", "flowmap"):
+            raise ValueError(
+                f"few_views_max_frames must be >= 0 and few_views_start incremental or flowmap, got {self.few_views_max_frames}, {self.few_views_start!r}"
+            )
         if self.temporal_window < 1 or self.max_pairs_per_frame < 0 or self.exhaustive_max_frames < 0:
             raise ValueError("temporal_window >= 1, max_pairs_per_frame >= 0 and exhaustive_max_frames >= 0 are required")
 

@@ -119,7 +119,11 @@ def settings_for_motion(config: RefineConfig, forward: float) -> RefineConfig:
 def settings_for_few_views(config: RefineConfig, n: int) -> RefineConfig:
     """``config`` for ``n`` frames: with at most ``config.few_views_max_frames`` (a few
     wide-baseline photos) the global mapper keeps the fixed-rotation stage of its bundle
-    adjustment (``reinit_skip_fixed_rotation`` off).
+    adjustment (``reinit_skip_fixed_rotation`` off), and with ``few_views_start``
+    "incremental" the database is made as COLMAP makes it by default (its plain SIFT,
+    8,192 features, no focal prior) for COLMAP's incremental start
+    (:func:`flowmap.refine.reinit.incremental_start`; measurements in
+    :class:`RefineConfig`).
 
     Skipping that stage left fountain-P11 every 3rd frame (4 photos) 10 degrees off
     (ATE 0.0184 against 0.00026 with it, from a 10-step start, 2026-12-05 session 28),
@@ -129,7 +133,10 @@ def settings_for_few_views(config: RefineConfig, n: int) -> RefineConfig:
     """
     if n > config.few_views_max_frames:
         return config
-    return replace(config, reinit_skip_fixed_rotation=False)
+    config = replace(config, reinit_skip_fixed_rotation=False)
+    if config.few_views_start == "incremental":
+        config = replace(config, features="colmap", max_num_features=max(config.max_num_features, 8192), sift_dsp=False, focal_prior=False)
+    return config
 
 
 def _within(ratio: float, bound: float) -> bool:
@@ -174,7 +181,13 @@ def refine(
     focal, robust loss), outlier filtering and re-triangulation [-> the same from the
     global mapper's cameras when a frame still disagrees with its verified pairs by more
     than ``reinit_frame_deg``; the better agreement is kept] -> one similarity back
-    to FlowMap's frame -> per-frame depth scales.
+    to FlowMap's frame -> per-frame depth scales. A few photos (at most
+    ``few_views_max_frames``, ``few_views_start`` "incremental") start from COLMAP's
+    incremental mapper instead (:func:`flowmap.refine.reinit.incremental_start`, on a
+    database made with COLMAP's default SIFT and no focal prior): the photos it does not
+    register, and any whose adjusted rotation stays more than ``reinit_frame_deg`` off
+    its verified pairs (taken out one at a time, the rest adjusted again), are reported
+    as not registered; when it registers fewer than 3 the video path above runs.
 
     Args:
         images: (N, H, W, 3) uint8 RGB frames at the input resolution, N >= 3.
@@ -254,7 +267,16 @@ def refine(
         sec["match_s"] = time.perf_counter() - t0
         stats["pairs"] = {"chosen": len(pair_list), **by_reason, "verified": len(verified)}
         say(f"matched {len(pair_list)} pairs ({by_reason}), {len(verified)} verified: {sec['match_s']:.1f} s")
-        reinit_mod.relative_rotations(db, verified, K, config)
+        if config.focal_prior:
+            reinit_mod.relative_rotations(db, verified, K, config)
+        else:
+            # COLMAP verified the pairs at its default focal: the rotation of every pair with
+            # a baseline is estimated again with FlowMap's (the checks compare FlowMap's
+            # cameras); pure-rotation (panoramic) and degenerate pairs, and pairs whose
+            # matches moved by less than 3 % of the image, stay without.
+            general = {int(getattr(pycolmap.TwoViewGeometryConfiguration, c)) for c in ("CALIBRATED", "UNCALIBRATED", "PLANAR")}
+            todo = [p for p in verified if p["config"] in general]
+            reinit_mod.relative_rotations(db, todo, K, config, all_pairs=True, min_shift_px=0.03 * max(H, W))
         disagreement, n_used = reinit_mod.rotation_disagreement(c2w, verified)
         stats["rotation_pairs"] = n_used
         stats["rotation_disagreement_deg"] = disagreement
@@ -305,19 +327,24 @@ def refine(
             worst = float(np.nanmax(frames)) if np.isfinite(frames).any() else float("nan")
             return {"rec": rec_a, "rounds": rounds_a, "c2w": c2w_a, "K": K_a, "median": median, "frames": frames, "worst": worst, "reinit": reinit}
 
-        def reinitialised(why: str, settings: RefineConfig = config):
-            """Adjusted result from COLMAP's global mapper's cameras, or None when it fails."""
+        def reinitialised(why: str, settings: RefineConfig = config, mapper=reinit_mod.global_reinit):
+            """Adjusted result from the cameras of COLMAP's global mapper (or ``mapper``:
+            :func:`flowmap.refine.reinit.incremental_start`), or None when it fails."""
             t0 = time.perf_counter()
-            g = reinit_mod.global_reinit(db, image_dir, work, names, c2w, settings)
+            g = mapper(db, image_dir, work, names, c2w, settings)
             sec["reinit_s"] = sec.get("reinit_s", 0.0) + time.perf_counter() - t0
             if g is None:
-                warnings.append("re-initialisation by the global mapper failed; adjusting from the FlowMap cameras")
+                if mapper is reinit_mod.global_reinit:
+                    warnings.append("re-initialisation by the global mapper failed; adjusting from the FlowMap cameras")
                 return None
             stats["reinit_light"] = n >= config.reinit_light_from_frames
             stats["reinit_registered"] = int(g["registered"].sum())
             stats["reinit_reason"] = why
             say(f"re-initialised ({why}): {g['registered'].sum()}/{n} registered, {sec['reinit_s']:.1f} s")
             rec_g = adjust.build_reconstruction(db, names, g["c2w"], g["params"])
+            if mapper is reinit_mod.incremental_start:
+                # A photo the incremental mapper did not register has no pose to offer.
+                adjust.deregister(rec_g, names, np.flatnonzero(~g["registered"]))
             t0 = time.perf_counter()
             rec_g = adjust.triangulate(rec_g, db, image_dir, work, config)
             sec["triangulate_s"] = sec.get("triangulate_s", 0.0) + time.perf_counter() - t0
@@ -334,7 +361,26 @@ def refine(
                 stats["reinit_reason"] += "; not kept (no better agreement)"
             return result
 
-        result = reinitialised(why) if do_reinit else None
+        result = None
+        if n <= config.few_views_max_frames and config.few_views_start == "incremental" and config.reinit != "never":
+            # A few photos: the start comes from the verified geometry (issue 24).
+            result = reinitialised("a few photos: COLMAP's incremental start", mapper=reinit_mod.incremental_start)
+            while result is not None and result["worst"] > config.reinit_frame_deg:
+                # A photo registered against its verified pairs' rotations is taken out
+                # (reported as not posed) and the others are adjusted again.
+                frame = int(np.nanargmax(result["frames"]))
+                stats["reinit_reason"] += f"; frame {frame} left out ({result['worst']:.0f} deg off its pairs)"
+                rec_k = result["rec"]
+                adjust.deregister(rec_k, names, [frame])
+                if rec_k.num_reg_images() < 3:
+                    result = None
+                    break
+                t0 = time.perf_counter()
+                rec_k = adjust.triangulate(rec_k, db, image_dir, work, config)
+                sec["triangulate_s"] = sec.get("triangulate_s", 0.0) + time.perf_counter() - t0
+                result = adjusted(rec_k, reinit=True)
+        if result is None and do_reinit:
+            result = reinitialised(why)
         if result is not None and config.reinit_tracks_per_view is not None and result["worst"] > config.reinit_frame_deg:
             # The track cap made the global mapper cheap; a frame left far from its
             # verified pairs gets the mapper's full run (every track).
@@ -381,7 +427,10 @@ def refine(
             if s1["observations"] < 0.5 * s0["observations"]:
                 reasons.append(f"inlier observations fell ({s0['observations']} -> {s1['observations']})")
         unregistered: list[int] = []
-        if len(weak) > config.max_weak_fraction * n:
+        few = n <= config.few_views_max_frames
+        if weak and (len(weak) > config.max_weak_fraction * n or (few and stats["reinit"])):
+            # A few photos: a frame the matches do not constrain has only FlowMap's chain,
+            # which flow across wide baselines does not make reliable.
             if stats["reinit"] and good.sum() >= 3 and config.report_unregistered:
                 # FlowMap's chain disagreed with the verified pairs, so its poses for the
                 # frames the matches do not reach are not trusted either (issue 24: a few

@@ -92,14 +92,20 @@ def extract_opencv(database: Path, image_dir: Path, names: list[str], images: np
 
 
 def _set_camera(database: Path, K: np.ndarray, cfg) -> None:
-    """The shared camera gets ``cfg.camera_model`` with FlowMap's intrinsics as a focal prior."""
+    """The shared camera gets ``cfg.camera_model`` with FlowMap's intrinsics as a focal
+    prior; without ``cfg.focal_prior`` COLMAP's no-EXIF default focal (its
+    ``default_focal_length_factor`` x the larger image side) and no prior, as COLMAP
+    itself starts."""
     import pycolmap
 
     db = pycolmap.Database.open(database)
     try:
         for camera in db.read_all_cameras():
-            camera.params = camera_params(K, cfg.camera_model)
-            camera.has_prior_focal_length = True
+            start = np.array(K, dtype=np.float64, copy=True)
+            if not cfg.focal_prior:
+                start[0, 0] = start[1, 1] = pycolmap.ImageReaderOptions().default_focal_length_factor * max(camera.width, camera.height)
+            camera.params = camera_params(start, cfg.camera_model)
+            camera.has_prior_focal_length = bool(cfg.focal_prior)
             db.update_camera(camera)
     finally:
         db.close()

@@ -20,7 +20,14 @@ from flowmap.refine.colmap_io import c2w_from_rigid, camera_K, rotation_angle_de
 
 
 def relative_rotations(
-    database: Path, verified: list[dict], K: np.ndarray, cfg, max_pairs: int = 150, all_pairs: bool = False, max_matches: int = 256
+    database: Path,
+    verified: list[dict],
+    K: np.ndarray,
+    cfg,
+    max_pairs: int = 150,
+    all_pairs: bool = False,
+    max_matches: int = 256,
+    min_shift_px: float = 0.0,
 ) -> None:
     """Fill in ``R`` for verified pairs that COLMAP left uncalibrated (in place).
 
@@ -37,7 +44,9 @@ def relative_rotations(
     fraction of a degree. ``all_pairs``: re-estimate every pair with ``K`` (the pairs' ``R`` are
     replaced; pairs without an estimate get None), as the check after the adjustment does
     with the adjusted focal (the stored poses used the input focal, which can be tens of
-    percent off after a short descent).
+    percent off after a short descent). A pair whose inlier matches move by less than
+    ``min_shift_px`` (median, pixels) gets no rotation: a camera that barely moved
+    fixes none.
     """
     import pycolmap
 
@@ -70,6 +79,8 @@ def relative_rotations(
 
     def estimate(p: dict) -> None:
         m = p["matches"]
+        if min_shift_px > 0 and np.median(np.linalg.norm(kps[p["j"]][m[:, 1]] - kps[p["i"]][m[:, 0]], axis=1)) < min_shift_px:
+            return
         if len(m) > max_matches:  # evenly spaced subset: the pair's inliers are already verified
             m = m[np.linspace(0, len(m) - 1, max_matches).round().astype(np.int64)]
         res = pycolmap.estimate_essential_matrix(kps[p["i"]][m[:, 0]], kps[p["j"]][m[:, 1]], camera, camera, ransac)
@@ -90,6 +101,8 @@ def _pair_angles(c2w: np.ndarray, verified: list[dict], min_inliers: int) -> lis
         if p["R"] is None or p["inliers"] < min_inliers:
             continue
         i, j = p["i"], p["j"]
+        if not (np.isfinite(c2w[i, :3, :3]).all() and np.isfinite(c2w[j, :3, :3]).all()):
+            continue  # a frame without a pose (taken out of the reconstruction)
         out.append((i, j, float(rotation_angle_deg(c2w[j, :3, :3].T @ c2w[i, :3, :3], p["R"]))))
     return out
 
@@ -164,12 +177,45 @@ def global_reinit(database: Path, image_dir: Path, workdir: Path, names: list[st
         options.mapper.bundle_adjustment.ceres.solver_options.function_tolerance = float(cfg.reinit_ba_function_tolerance)
     if cfg.reinit_tracks_per_view is not None:
         options.mapper.track_required_tracks_per_view = int(cfg.reinit_tracks_per_view)
-    out = workdir / "global"
+    return _mapped_start(pycolmap.global_mapping, database, image_dir, workdir / "global", options, names, c2w)
+
+
+def incremental_start(database: Path, image_dir: Path, workdir: Path, names: list[str], c2w: np.ndarray, cfg) -> dict | None:
+    """Cameras from COLMAP's incremental mapper (Schönberger & Frahm CVPR 2016: two-view
+    initialisation, image registration, triangulation, bundle adjustment) aligned to the
+    FlowMap frame, for a few photos (``RefineConfig.few_views_start``); None when it
+    registers fewer than 3 frames. Same result as :func:`global_reinit`.
+
+    COLMAP's own settings, but the principal point (and SIMPLE_RADIAL's distortion) is
+    refined only as ``cfg`` says, one model, ``cfg.num_threads`` and ``cfg.seed``.
+    """
+    import pycolmap
+
+    options = pycolmap.IncrementalPipelineOptions()
+    options.num_threads = cfg.num_threads
+    options.random_seed = cfg.seed
+    options.multiple_models = False
+    options.ba_refine_principal_point = cfg.refine_principal_point
+    options.ba_refine_extra_params = cfg.camera_model == "SIMPLE_RADIAL"
+    return _mapped_start(pycolmap.incremental_mapping, database, image_dir, workdir / "incremental", options, names, c2w)
+
+
+def _mapped_start(mapping, database: Path, image_dir: Path, out: Path, options, names: list[str], c2w: np.ndarray) -> dict | None:
+    """Run the pycolmap ``mapping`` function with ``options`` into ``out``; its best model
+    aligned to ``c2w`` (:func:`_aligned_start`), None when COLMAP fails."""
     out.mkdir(parents=True, exist_ok=True)
     try:
-        models = pycolmap.global_mapping(database, image_dir, out, options=options)
+        models = mapping(database, image_dir, out, options=options)
     except Exception:  # noqa: BLE001 - COLMAP raises plain RuntimeError on failure
         return None
+    return _aligned_start(models, names, c2w)
+
+
+def _aligned_start(models: dict, names: list[str], c2w: np.ndarray) -> dict | None:
+    """The model of ``models`` (COLMAP's id -> Reconstruction) with most registered
+    frames, aligned to ``c2w`` (N, 4, 4) by one similarity on the registered camera
+    centres (Umeyama); frames it leaves out keep their ``c2w``. None below 3 frames.
+    See :func:`global_reinit` for the result."""
     models = [m for m in models.values() if m.num_reg_images() >= 3]
     if not models:
         return None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import cv2
 import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
@@ -100,7 +101,7 @@ def test_opencv_sift_lands_on_colmaps_keypoints(scene, tmp_path):
     import pycolmap
 
     from flowmap.refine.colmap_io import extract_sift, sift_options
-    from flowmap.refine.features import _opencv_sift, write_images
+    from flowmap.refine.features import opencv_sift, write_images
     from scipy.spatial import cKDTree
 
     image = scene.images[3]
@@ -111,7 +112,7 @@ def test_opencv_sift_lands_on_colmaps_keypoints(scene, tmp_path):
         theirs = db.read_keypoints(db.read_all_images()[0].image_id)[:, :2]
     finally:
         db.close()
-    ours, desc = _opencv_sift(image, 8192, RefineConfig().sift_peak_threshold)
+    ours, desc = opencv_sift(image, 8192, RefineConfig().sift_peak_threshold)
     assert len(ours) > 200 and len(theirs) > 200
     dist, idx = cKDTree(theirs).query(ours[:, :2])
     near = dist < 0.5
@@ -220,6 +221,27 @@ def test_forward_motion_settings_apply_only_on_forward_motion():
     assert fwd.function_tolerance == min(cfg.function_tolerance, cfg.forward_function_tolerance) < cfg.function_tolerance
     off = RefineConfig(forward_max_pairs_per_frame=None, forward_converge_tol=None, forward_features=None, forward_function_tolerance=None)
     assert settings_for_motion(off, 0.95) == off
+
+
+def test_low_texture_switches_to_dsp_sift(scene):
+    """Issue 24: white walls (tartanair-hospital) give OpenCV's SIFT few keypoints; below
+    ``low_texture_max_density`` the refinement takes COLMAP's DSP-SIFT with 8,192 features."""
+    from flowmap.refine.core import keypoint_density, settings_for_texture
+    from flowmap.refine.features import opencv_sift
+
+    cfg = RefineConfig()
+    h, w = scene.images.shape[1:3]
+
+    def density(images):
+        return keypoint_density([len(opencv_sift(im, cfg.max_num_features, cfg.sift_peak_threshold)[0]) for im in images], h, w)
+
+    textured = density(scene.images[:4])
+    flat = density([cv2.GaussianBlur(im, (0, 0), 6) for im in scene.images[:4]])
+    assert textured > cfg.low_texture_max_density > flat >= 0
+    assert settings_for_texture(cfg, textured) == cfg
+    low = settings_for_texture(cfg, flat)
+    assert low.features == "colmap" and low.max_num_features >= 8192
+    assert settings_for_texture(RefineConfig(low_texture_features=None), flat).features == "opencv"
 
 
 def test_a_few_photos_keep_the_global_mappers_fixed_rotation_stage():

@@ -45,6 +45,16 @@ class RefineConfig:
             descriptors, pooled over scales, match across the scale change of forward
             motion: 0.98 % at ATE 0.00014 (features 11-13 s against 2-3 s). The six
             shared sequences and tartanair-hospital measure 0.13-0.33.
+        low_texture_features, low_texture_max_density: on low texture (OpenCV's SIFT finds
+            fewer than ``low_texture_max_density`` keypoints per 10,000 pixels, median
+            over the frames, from the OpenCV extraction: :func:`flowmap.refine.core.keypoint_density`;
+            the frames are then extracted again),
+            the refinement uses COLMAP's DSP-SIFT with 8,192 features ("colmap"; None:
+            keep ``features``). Densities: tartanair-hospital (white walls) 7.9, tum-rpy
+            15.9, tum-rpy-long 18.8, the other shared sequences 41-82. On
+            tartanair-hospital from its saved 10-step start (``benchmarks/refine_eval.py``,
+            2026-12-05 session 29) OpenCV's SIFT gave ATE 0.0217, 0.0109, 0.0118 and
+            DSP-SIFT 0.0087, 0.0047, 0.0034 (refinement 34 s against 14 s).
         max_num_features: SIFT keypoints per frame (cap). 4096: OpenCV finds fewer than
             that on most frames here; 8192 with a lower threshold gave 2.5x the tracks,
             twice the matching and adjustment time and no better ATE.
@@ -300,6 +310,8 @@ class RefineConfig:
     features: str = "opencv"
     forward_features: str | None = "colmap"
     forward_motion_min_cos: float = 0.8
+    low_texture_features: str | None = "colmap"
+    low_texture_max_density: float = 12.0
     max_num_features: int = 4096
     max_image_side: int | None = None
     sift_first_octave: int = -1
@@ -382,6 +394,8 @@ class RefineConfig:
             raise ValueError(f"features must be one of {FEATURES}, got {self.features!r}")
         if self.forward_features not in (None, *FEATURES) or not 0 <= self.forward_motion_min_cos <= 1:
             raise ValueError(f"forward_features must be None or one of {FEATURES}, forward_motion_min_cos in [0, 1]")
+        if self.low_texture_features not in (None, *FEATURES) or not self.low_texture_max_density >= 0:
+            raise ValueError(f"low_texture_features must be None or one of {FEATURES}, low_texture_max_density >= 0")
         if self.camera_model not in CAMERA_MODELS:
             raise ValueError(f"camera_model must be one of {CAMERA_MODELS}, got {self.camera_model!r}")
         if self.loss not in ("cauchy", "soft_l1", "huber", "trivial") or self.final_loss not in (None, "cauchy", "soft_l1", "huber", "trivial"):

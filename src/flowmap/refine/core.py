@@ -116,6 +116,21 @@ def settings_for_motion(config: RefineConfig, forward: float) -> RefineConfig:
     return config
 
 
+def keypoint_density(counts, height: int, width: int) -> float:
+    """Median SIFT keypoints per 10,000 pixels of frames of ``height`` x ``width`` with
+    ``counts`` keypoints each: a measure of texture (``RefineConfig.low_texture_max_density``)."""
+    return float(np.median(np.asarray(counts, dtype=np.float64))) * 1e4 / (height * width) if len(counts) else 0.0
+
+
+def settings_for_texture(config: RefineConfig, density: float) -> RefineConfig:
+    """``config`` with COLMAP's DSP-SIFT and at least 8,192 features
+    (``low_texture_features``) when ``density`` (:func:`keypoint_density`) is below
+    ``config.low_texture_max_density`` and the features are OpenCV's; else ``config``."""
+    if config.features == "opencv" and config.low_texture_features == "colmap" and density < config.low_texture_max_density:
+        return replace(config, features="colmap", max_num_features=max(config.max_num_features, 8192))
+    return config
+
+
 def settings_for_few_views(config: RefineConfig, n: int) -> RefineConfig:
     """``config`` for ``n`` frames: with at most ``config.few_views_max_frames`` (a few
     wide-baseline photos) the global mapper keeps the fixed-rotation stage of its bundle
@@ -232,7 +247,6 @@ def refine(
     stats: dict = {"frames": n, "seconds": {}}
     stats["forward_motion"] = forward = forward_motion(c2w)
     config = settings_for_few_views(settings_for_motion(config, forward), n)
-    stats["features"] = config.features
     sec = stats["seconds"]
     t_all = time.perf_counter()
 
@@ -252,9 +266,17 @@ def refine(
         t0 = time.perf_counter()
         names = features.write_images(images, image_dir)
         if config.features == "opencv":
-            features.extract_opencv(db, image_dir, names, images, K, config)
+            counts = features.extract_opencv(db, image_dir, names, images, K, config)
+            stats["keypoint_density"] = density = keypoint_density(counts, H, W)
+            textured = config
+            config = settings_for_texture(config, density)
+            if config is not textured:  # low texture: COLMAP's DSP-SIFT instead, into a fresh database
+                say(f"low texture ({density:.1f} SIFT keypoints per 10,000 px): COLMAP's DSP-SIFT instead")
+                db.unlink()
+                features.extract(db, image_dir, names, K, config)
         else:
             features.extract(db, image_dir, names, K, config)
+        stats["features"] = config.features
         sec["features_s"] = time.perf_counter() - t0
         say(f"SIFT on {n} frames: {sec['features_s']:.1f} s")
 

@@ -232,6 +232,11 @@ class RefineConfig:
             the trajectory off (ATE 0.0046 against 0.00028 with either change alone), so
             the default stays COLMAP's.
     Safety:
+        repose_weak_fraction, repose_min_inliers: after the adjustment, a frame with
+            fewer observations than this fraction of the median frame's is posed again
+            from its verified matches to the other frames' points
+            (:func:`flowmap.refine.adjust.repose`, at least ``repose_min_inliers``
+            inliers and more than its observations), and the rounds run again (0: off).
         min_observations_per_frame: a frame with fewer adjusted observations keeps its
             FlowMap pose (after the global similarity) and is named in a warning.
         max_jump: largest allowed camera displacement after the similarity, as a
@@ -356,6 +361,8 @@ class RefineConfig:
     reinit_skip_fixed_rotation: bool = True
     reinit_ba_function_tolerance: float | None = None
     min_observations_per_frame: int = 20
+    repose_weak_fraction: float = 0.25
+    repose_min_inliers: int = 30
     max_jump: float = 0.5
     max_focal_ratio: float = 1.5
     max_focal_ratio_reinit: float = 2.0
@@ -437,6 +444,8 @@ class RefineConfig:
             raise ValueError("max_focal_ratio_explained must be >= max_focal_ratio and max_focal_ratio_reinit, focal_explained_max_disagreement_deg > 0")
         if not self.max_frame_disagreement_deg > 0:
             raise ValueError(f"max_frame_disagreement_deg must be > 0, got {self.max_frame_disagreement_deg}")
+        if not 0 <= self.repose_weak_fraction < 1 or self.repose_min_inliers < 4:
+            raise ValueError(f"repose_weak_fraction must be in [0, 1) and repose_min_inliers >= 4, got {self.repose_weak_fraction}, {self.repose_min_inliers}")
         if self.few_views_max_frames < 0 or self.few_views_start not in ("incremental", "flowmap"):
             raise ValueError(
                 f"few_views_max_frames must be >= 0 and few_views_start incremental or flowmap, got {self.few_views_max_frames}, {self.few_views_start!r}"

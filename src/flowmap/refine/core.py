@@ -232,7 +232,10 @@ def refine(
         other half), unconstrained_frames, unregistered_frames (the frames reported as
         not posed, see ``Refinement.registered``), frames_off_after (frames more than
         ``max_frame_disagreement_deg`` from their verified pairs after the adjustment,
-        named in a warning), max_jump. The "before" entries
+        named in a warning), max_jump, keypoint_density (OpenCV SIFT keypoints per
+        10,000 px, see ``RefineConfig.low_texture_max_density``), repose_tried (frame ->
+        [2D-3D candidates, inliers, observations] of the weak frames tried by
+        :func:`flowmap.refine.adjust.repose`) and reposed_frames. The "before" entries
         (reproj_px_before, observations_before, depth_agreement_before) need the input
         cameras' own triangulation, which is skipped when the cameras are re-initialised
         before any adjustment: they are then absent.
@@ -339,6 +342,17 @@ def refine(
         def adjusted(rec_start, reinit: bool) -> dict:
             """Rounds of adjustment from ``rec_start``; the result checked against the pairs."""
             rec_a, rounds_a = adjust.adjust_rounds(rec_start, db, image_dir, work, names, config, sec)
+            weak_a = adjust.weak_frames(rec_a, names, config.repose_weak_fraction) if config.repose_weak_fraction > 0 else []
+            tried = stats.setdefault("repose_tried", {})
+            reposed = adjust.repose(rec_a, names, weak_a, verified, config, tried) if weak_a else []
+            if reposed:  # frames the adjustment left off: placed again by their matches, then adjusted again
+                say(f"frames {reposed} posed again from their matches")
+                stats["reposed_frames"] = stats.get("reposed_frames", []) + reposed
+                t0 = time.perf_counter()
+                rec_a = adjust.triangulate(rec_a, db, image_dir, work, config)
+                sec["triangulate_s"] = sec.get("triangulate_s", 0.0) + time.perf_counter() - t0
+                rec_a, more = adjust.adjust_rounds(rec_a, db, image_dir, work, names, config, sec)
+                rounds_a = rounds_a + more
             c2w_a = adjust.poses(rec_a, names)
             K_a = camera_K(rec_a.cameras[next(iter(rec_a.cameras))])
             # The pairs' rotations again, with the adjusted focal (they were estimated with FlowMap's).

@@ -236,7 +236,7 @@ class RefineConfig:
             fewer observations than this fraction of the median frame's is posed again
             from its verified matches to the other frames' points
             (:func:`flowmap.refine.adjust.repose`, at least ``repose_min_inliers``
-            inliers and more than its observations), and the rounds run again (0: off).
+            inliers and twice its observations), and the rounds run again (0: off).
         min_observations_per_frame: a frame with fewer adjusted observations keeps its
             FlowMap pose (after the global similarity) and is named in a warning.
         max_jump: largest allowed camera displacement after the similarity, as a

@@ -209,13 +209,13 @@ def test_forward_motion_tells_driving_from_sideways_and_orbits(scene):
 
 def test_forward_motion_settings_apply_only_on_forward_motion():
     """Issue 23/24: the cheaper pair graph and early stop of the general settings, the
-    denser graph and tighter stop (and DSP-SIFT) only where the camera drives forward."""
+    denser graph and tighter stop (and COLMAP's SIFT) only where the camera drives forward."""
     from flowmap.refine.core import settings_for_motion
 
     cfg = RefineConfig()
     assert settings_for_motion(cfg, 0.3) == cfg
     fwd = settings_for_motion(cfg, 0.95)
-    assert fwd.features == "colmap" and fwd.max_num_features >= 8192
+    assert fwd.features == "colmap" and fwd.max_num_features >= 8192 and fwd.sift_dsp == cfg.forward_sift_dsp
     assert fwd.max_pairs_per_frame == max(cfg.max_pairs_per_frame, cfg.forward_max_pairs_per_frame) > cfg.max_pairs_per_frame
     assert fwd.converge_tol == min(cfg.converge_tol, cfg.forward_converge_tol) < cfg.converge_tol
     assert fwd.function_tolerance == min(cfg.function_tolerance, cfg.forward_function_tolerance) < cfg.function_tolerance

@@ -45,6 +45,12 @@ class RefineConfig:
             descriptors, pooled over scales, match across the scale change of forward
             motion: 0.98 % at ATE 0.00014 (features 11-13 s against 2-3 s). The six
             shared sequences and tartanair-hospital measure 0.13-0.33.
+        forward_sift_dsp: COLMAP's SIFT on forward motion with domain-size pooling
+            (DSP-SIFT) or without. Without, from kitti-06's saved 10-step start
+            (``benchmarks/refine_eval.py``, 2026-12-05 session 29): ATE 0.00009-0.00010,
+            focal 0.39-0.57 % (3 runs), features 4-6 s; with DSP: 0.00014-0.00016,
+            0.44-1.34 % over the day's runs, 9 s (COLMAP global 0.00011-0.00013). Holding
+            KITTI's true principal point instead of the centre changed nothing (0.00016).
         low_texture_features, low_texture_max_density: on low texture (OpenCV's SIFT finds
             fewer than ``low_texture_max_density`` keypoints per 10,000 pixels, median
             over the frames, from the OpenCV extraction: :func:`flowmap.refine.core.keypoint_density`;
@@ -315,6 +321,7 @@ class RefineConfig:
     features: str = "opencv"
     forward_features: str | None = "colmap"
     forward_motion_min_cos: float = 0.8
+    forward_sift_dsp: bool = False
     low_texture_features: str | None = "colmap"
     low_texture_max_density: float = 12.0
     max_num_features: int = 4096

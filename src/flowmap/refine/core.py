@@ -98,7 +98,7 @@ def settings_for_motion(config: RefineConfig, forward: float) -> RefineConfig:
     """``config`` with its ``forward_*`` settings applied when ``forward`` (see
     :func:`forward_motion`) exceeds ``config.forward_motion_min_cos``; else ``config``.
 
-    On forward motion: COLMAP's DSP-SIFT with at least 8,192 features (``forward_features``),
+    On forward motion: COLMAP's SIFT (plain: ``forward_sift_dsp``) with at least 8,192 features (``forward_features``),
     at most ``forward_function_tolerance``, at least ``forward_max_pairs_per_frame`` overlap
     pairs per frame and at most ``forward_converge_tol`` (issue 24; the measurements are in
     :class:`RefineConfig`).
@@ -106,7 +106,7 @@ def settings_for_motion(config: RefineConfig, forward: float) -> RefineConfig:
     if not forward > config.forward_motion_min_cos:
         return config
     if config.features == "opencv" and config.forward_features == "colmap":
-        config = replace(config, features="colmap", max_num_features=max(config.max_num_features, 8192))
+        config = replace(config, features="colmap", max_num_features=max(config.max_num_features, 8192), sift_dsp=config.forward_sift_dsp)
     if config.forward_function_tolerance is not None:
         config = replace(config, function_tolerance=min(config.function_tolerance, config.forward_function_tolerance))
     if config.forward_max_pairs_per_frame is not None:

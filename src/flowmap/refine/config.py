@@ -39,12 +39,12 @@ class RefineConfig:
         forward_features, forward_motion_min_cos: on forward motion (the median |cos|
             between FlowMap's camera steps and the optical axis above this,
             :func:`flowmap.refine.core.forward_motion`), the refinement uses COLMAP's
-            DSP-SIFT with 8,192 features ("colmap"; None: keep ``features``). On
-            kitti-06 (driving, 0.95) OpenCV's SIFT left the focal 5.3-5.7 % off whatever
-            the pairs, filter or camera model (COLMAP global: 0.55 %); DSP-SIFT's
-            descriptors, pooled over scales, match across the scale change of forward
-            motion: 0.98 % at ATE 0.00014 (features 11-13 s against 2-3 s). The six
-            shared sequences and tartanair-hospital measure 0.13-0.33.
+            SIFT with 8,192 features ("colmap", plain or DSP: ``forward_sift_dsp``;
+            None: keep ``features``). On kitti-06 (driving, 0.95) OpenCV's SIFT left the
+            focal 5.3-5.7 % off whatever the pairs, filter or camera model (COLMAP
+            global: 0.55 %); COLMAP's DSP-SIFT gave 0.98 % at ATE 0.00014 (features
+            11-13 s against 2-3 s), its plain SIFT 0.39-0.57 % at 0.00009-0.00010. The
+            six shared sequences and tartanair-hospital measure 0.13-0.33.
         forward_sift_dsp: COLMAP's SIFT on forward motion with domain-size pooling
             (DSP-SIFT) or without. Without, from kitti-06's saved 10-step start
             (``benchmarks/refine_eval.py``, 2026-12-05 session 29): ATE 0.00009-0.00010,

@@ -229,9 +229,10 @@ def repose(rec, names: list[str], frames: list[int], verified: list[dict], cfg, 
                     seen.add(a)
                     uv.append(image.points2D[a].xy)
                     xyz.append(rec.points3D[points2D[b].point3D_id].xyz)
+        needed = max(cfg.repose_min_inliers, 2 * image.num_points3D)
         if record is not None:
             record[int(k)] = [len(uv), 0, int(image.num_points3D)]
-        if len(uv) < max(cfg.repose_min_inliers, 2 * image.num_points3D):
+        if len(uv) < needed:
             continue
         options = pycolmap.AbsolutePoseEstimationOptions()
         options.ransac.max_error = 2.0 * float(cfg.filter_max_error_px)
@@ -239,7 +240,7 @@ def repose(rec, names: list[str], frames: list[int], verified: list[dict], cfg, 
         result = pycolmap.estimate_and_refine_absolute_pose(np.array(uv), np.array(xyz), camera, options)
         if record is not None and result is not None:
             record[int(k)][1] = int(result["num_inliers"])
-        if result is None or int(result["num_inliers"]) < max(cfg.repose_min_inliers, 2 * image.num_points3D):
+        if result is None or int(result["num_inliers"]) < needed:
             continue
         rec.frames[image.frame_id].rig_from_world = result["cam_from_world"]
         moved.append(k)

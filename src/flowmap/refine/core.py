@@ -322,15 +322,20 @@ def refine(
         do_reinit = why is not None
         before: dict = {}
 
+        def triangulated(rec):
+            """``rec`` with every verified match triangulated (cameras fixed), timed into ``sec``."""
+            t0 = time.perf_counter()
+            rec = adjust.triangulate(rec, db, image_dir, work, config)
+            sec["triangulate_s"] = sec.get("triangulate_s", 0.0) + time.perf_counter() - t0
+            return rec
+
         def triangulated_before():
             """FlowMap's cameras with their points triangulated (the reference of the safety
             checks and the "before" statistics), built once, when first needed: not at all
             when the cameras are re-initialised straight away (1-7 s saved on castle-P30,
             fox and tum-rpy)."""
             if not before:
-                t0 = time.perf_counter()
-                rec0 = adjust.triangulate(adjust.build_reconstruction(db, names, c2w), db, image_dir, work, config)
-                sec["triangulate_s"] = sec.get("triangulate_s", 0.0) + time.perf_counter() - t0
+                rec0 = triangulated(adjust.build_reconstruction(db, names, c2w))
                 s0 = adjust.reprojection_stats(rec0)
                 stats["reproj_px_before"] = s0["reproj_px"]
                 stats["observations_before"] = s0["observations"]
@@ -348,9 +353,7 @@ def refine(
             if reposed:  # frames the adjustment left off: placed again by their matches, then adjusted again
                 say(f"frames {reposed} posed again from their matches")
                 stats["reposed_frames"] = stats.get("reposed_frames", []) + reposed
-                t0 = time.perf_counter()
-                rec_a = adjust.triangulate(rec_a, db, image_dir, work, config)
-                sec["triangulate_s"] = sec.get("triangulate_s", 0.0) + time.perf_counter() - t0
+                rec_a = triangulated(rec_a)
                 rec_a, more = adjust.adjust_rounds(rec_a, db, image_dir, work, names, config, sec)
                 rounds_a = rounds_a + more
             c2w_a = adjust.poses(rec_a, names)
@@ -381,10 +384,7 @@ def refine(
             if mapper is reinit_mod.incremental_start:
                 # A photo the incremental mapper did not register has no pose to offer.
                 adjust.deregister(rec_g, names, np.flatnonzero(~g["registered"]))
-            t0 = time.perf_counter()
-            rec_g = adjust.triangulate(rec_g, db, image_dir, work, config)
-            sec["triangulate_s"] = sec.get("triangulate_s", 0.0) + time.perf_counter() - t0
-            return adjusted(rec_g, reinit=True)
+            return adjusted(triangulated(rec_g), reinit=True)
 
         def retried(result: dict, why: str, settings: RefineConfig = config) -> dict:
             """The global mapper's adjusted result for ``why`` (run with ``settings``) where
@@ -411,10 +411,7 @@ def refine(
                 if rec_k.num_reg_images() < 3:
                     result = None
                     break
-                t0 = time.perf_counter()
-                rec_k = adjust.triangulate(rec_k, db, image_dir, work, config)
-                sec["triangulate_s"] = sec.get("triangulate_s", 0.0) + time.perf_counter() - t0
-                result = adjusted(rec_k, reinit=True)
+                result = adjusted(triangulated(rec_k), reinit=True)
         if result is None and do_reinit:
             result = reinitialised(why)
         if result is not None and config.reinit_tracks_per_view is not None and result["worst"] > config.reinit_frame_deg:

@@ -637,3 +637,21 @@ def test_depth_unit_scale_fits_uint16():
     for top in (0.02, 0.9, 70.0, 12345.0):
         unit = depth_unit_scale(np.array([np.nan, 0.0, top]))
         assert top / unit <= 65535 < top / (unit / 10)
+
+
+def test_frames_written_as_they_arrive_equal_the_batch_write(tmp_path):
+    """write_frame_stream (frames decoded one at a time, encoded in threads) writes the
+    same files, byte for byte, as write_images of the whole stack."""
+    from flowmap.outputs.colmap import write_frame_stream, write_images
+
+    ramp = np.linspace(0, 40, 32)[None, :, None]
+    images = np.stack([np.broadcast_to(20 + 30 * k + ramp, (24, 32, 3)) for k in range(7)]).astype(np.uint8)
+    names = [f"{k:06d}.jpg" for k in range(7)]
+    frames = Frames(images=images, names=names, source=None, source_indices=list(range(7)))
+    write_images(frames, tmp_path / "batch")
+    stream = (frames.subset(np.asarray([k])) for k in range(7))
+    assert write_frame_stream(stream, tmp_path / "stream", pending=2) == 7
+    for name in names:
+        assert (tmp_path / "stream" / name).read_bytes() == (tmp_path / "batch" / name).read_bytes()
+    decoded = cv2.imread(str(tmp_path / "stream" / names[4]))[..., ::-1]
+    assert np.abs(decoded.astype(int) - images[4]).mean() < 3  # the frame at its name, not a neighbour (30 levels apart)

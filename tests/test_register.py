@@ -33,13 +33,15 @@ def test_neighbour_keyframes():
     assert neighbour_keyframes(7, keys) == [1, 2]
 
 
-@pytest.mark.parametrize("method", ["lk", "dis"])
-def test_recovers_the_true_poses_of_frames_between_keyframes(scene, method):
+@pytest.mark.parametrize("method,threads", [("lk", 1), ("lk", 2), ("dis", 2)])
+def test_recovers_the_true_poses_of_frames_between_keyframes(scene, method, threads):
+    """Every frame between keyframes posed within 0.3 degrees and 1 % of the path, each
+    in its own slot whether frames are posed one or two at a time."""
     keys = np.array([0, 5, 10, 15])
     names = list(scene.names)
     others = register_frames(
         gray(scene.images), keys, scene.c2w[keys], scene.K, scene.depth[keys], np.ones(len(keys), bool),
-        names, list(range(len(names))), RegisterConfig(method=method),
+        names, list(range(len(names))), RegisterConfig(method=method, threads=threads),
     )
     expected = [i for i in range(16) if i not in keys]
     assert others.positions.tolist() == expected and others.names == [names[i] for i in expected]

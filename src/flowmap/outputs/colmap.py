@@ -20,7 +20,9 @@ point and every 2D observation are shifted by +0.5 pixels. Poses: COLMAP stores
 from __future__ import annotations
 
 import shutil
+from collections import deque
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -34,6 +36,7 @@ from flowmap.outputs.ply import depth_agreement, depth_point_cloud
 from flowmap.types import Frames, NonKeyframes, Reconstruction
 
 CAMERA_ID = 1
+ENCODE_THREADS = 2  # images encoded at once (OpenCV releases the GIL while encoding)
 
 
 def _same_file(source: Path, name: str, image: np.ndarray) -> Path | None:
@@ -80,8 +83,8 @@ def write_images(frames: Frames, directory: Path, jpeg_quality: int = 95) -> lis
     directory.mkdir(parents=True, exist_ok=True)
     source = Path(frames.source) if frames.source is not None else None
     folder = source if source is not None and source.is_dir() else None
-    paths = []
-    for name, image in zip(frames.names, frames.images):
+
+    def write(name: str, image: np.ndarray) -> Path:
         path = directory / name
         original = _same_file(folder, name, image) if folder is not None else None
         if original is not None:
@@ -89,8 +92,33 @@ def write_images(frames: Frames, directory: Path, jpeg_quality: int = 95) -> lis
         else:
             params = [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)] if path.suffix.lower() in (".jpg", ".jpeg") else []
             write_image(path, cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2BGR), params)
-        paths.append(path)
-    return paths
+        return path
+
+    if frames.n < 2:
+        return [write(name, image) for name, image in zip(frames.names, frames.images)]
+    # OpenCV's encoder releases the GIL: two threads encode two frames at once
+    with ThreadPoolExecutor(max_workers=ENCODE_THREADS) as pool:
+        return list(pool.map(write, frames.names, frames.images))
+
+
+def write_frame_stream(stream: Iterable[Frames], directory: Path, jpeg_quality: int = 95, pending: int = 8) -> int:
+    """:func:`write_images` for frames that arrive one :class:`Frames` at a time (decoded
+    while earlier ones are encoded, at most ``pending`` waiting in memory); returns
+    how many frames were written.
+
+    Raises:
+        OSError: as :func:`write_images`.
+    """
+    written = 0
+    with ThreadPoolExecutor(max_workers=ENCODE_THREADS) as pool:
+        waiting: deque = deque()
+        for frames in stream:
+            waiting.append(pool.submit(write_images, frames, directory, jpeg_quality))
+            while len(waiting) >= pending:
+                written += len(waiting.popleft().result())
+        while waiting:
+            written += len(waiting.popleft().result())
+    return written
 
 
 def colmap_camera(K: np.ndarray, width: int, height: int) -> pycolmap.Camera:
@@ -217,6 +245,7 @@ def write_colmap(
     jpeg_quality: int = 95,
     others: NonKeyframes | None = None,
     read_others: Callable[[list[int]], Iterable[Frames]] | None = None,
+    keep: np.ndarray | None = None,
 ) -> pycolmap.Reconstruction:
     """Write a COLMAP model of the reconstruction: ``images/`` and ``sparse/0/``.
 
@@ -241,6 +270,8 @@ def write_colmap(
         read_others: reads the input frames at the given positions among the selected
             frames (``others.positions``), one :class:`Frames` of one frame at a time,
             so that their images are written without holding them all in memory.
+        keep: the pixels the points are drawn from, as ``depth_point_cloud``'s (None:
+            computed there).
 
     Returns:
         The pycolmap model that was written.
@@ -253,12 +284,11 @@ def write_colmap(
         raise ValueError(f"frames ({frames.n}) and reconstruction ({rec.n}) must hold the same named frames")
     directory = Path(directory)
     write_images(frames, directory / "images", jpeg_quality)
-    xyz, rgb = depth_point_cloud(rec, max_points, min_weight=min_weight, rel_tol=rel_tol, seed=seed)
+    xyz, rgb = depth_point_cloud(rec, max_points, min_weight=min_weight, rel_tol=rel_tol, seed=seed, keep=keep)
     model = build_reconstruction(rec, list(frames.names), (frames.height, frames.width), xyz, rgb, rel_tol)
     if others is not None and others.n:
         add_posed_images(model, others.names, others.c2w)
-        for frame in read_others(others.positions.tolist()):
-            write_images(frame, directory / "images", jpeg_quality)
+        write_frame_stream(read_others(others.positions.tolist()), directory / "images", jpeg_quality)
     sparse = directory / "sparse" / "0"
     sparse.mkdir(parents=True, exist_ok=True)
     model.write(sparse)

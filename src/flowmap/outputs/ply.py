@@ -113,6 +113,7 @@ def depth_point_cloud(
     min_weight: float = 0.5,
     rel_tol: float = 0.05,
     seed: int = 0,
+    keep: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Coloured world points unprojected from the depth maps of all frames.
 
@@ -129,6 +130,9 @@ def depth_point_cloud(
         min_weight: relative weight threshold, see :func:`pixel_confidence`.
         rel_tol: relative depth tolerance of the neighbour check.
         seed: seed of the random subsampling.
+        keep: (N, h, w) bool, :func:`consistent_pixels` of ``rec`` with these
+            ``min_weight`` and ``rel_tol`` when the caller has it already (the point
+            cloud and the COLMAP model share it); None: computed here.
 
     Returns:
         xyz: (P, 3) float64 world coordinates, P <= max_points.
@@ -136,7 +140,8 @@ def depth_point_cloud(
     """
     if max_points < 0:
         raise ValueError(f"max_points must be >= 0, got {max_points}")
-    keep = consistent_pixels(rec, min_weight, rel_tol)
+    if keep is None:
+        keep = consistent_pixels(rec, min_weight, rel_tol)
     flat = np.flatnonzero(keep)
     if len(flat) > max_points:
         flat = np.sort(np.random.default_rng(seed).choice(flat, size=max_points, replace=False))

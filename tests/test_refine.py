@@ -261,6 +261,37 @@ def test_low_texture_switches_to_dsp_sift(scene):
     assert settings_for_texture(RefineConfig(low_texture_features=None), flat).features == "opencv"
 
 
+def test_texture_is_judged_on_a_sample_first(scene, monkeypatch):
+    """The texture check looks at a spread sample before extracting the rest: clearly low
+    texture goes to DSP-SIFT without an OpenCV pass over every frame; a textured video
+    extracts each frame with OpenCV exactly once (the sample's features are kept)."""
+    from flowmap.refine import features
+    from flowmap.refine.core import clearly_low_texture, texture_sample
+
+    assert texture_sample(100, 12).tolist()[:2] == [0, 9] and texture_sample(100, 12)[-1] == 99
+    assert len(texture_sample(100, 12)) == 12 and texture_sample(5, 12).tolist() == [0, 1, 2, 3, 4]
+    cfg = RefineConfig()
+    threshold = cfg.low_texture_max_density
+    assert clearly_low_texture(cfg, 0.5 * threshold)
+    assert not clearly_low_texture(cfg, 0.9 * threshold)  # near the threshold: every frame decides
+    assert not clearly_low_texture(RefineConfig(low_texture_features=None), 0.5 * threshold)
+
+    calls = []
+    sift = features.opencv_sift
+    monkeypatch.setattr(features, "opencv_sift", lambda image, *a: calls.append(image.mean()) or sift(image, *a))
+    start = scene.c2w.copy()
+    res = refine(scene.images, start, scene.K, scene.depth[:, ::2, ::2], RefineConfig(reinit="never"), progress=False)
+    assert res.applied and res.stats["features"] == "opencv"
+    assert len(calls) == len(scene.images)  # every frame once
+    calls.clear()
+    flat = np.stack([cv2.GaussianBlur(im, (0, 0), 6) for im in scene.images])
+    extracted = []
+    monkeypatch.setattr(features, "extract", lambda *a, **k: extracted.append(True) or (_ for _ in ()).throw(RuntimeError("stop")))
+    with pytest.raises(RuntimeError, match="stop"):
+        refine(flat, start, scene.K, scene.depth[:, ::2, ::2], RefineConfig(reinit="never"), progress=False)
+    assert extracted and len(calls) == min(len(scene.images), cfg.texture_sample_frames)  # the sample only
+
+
 def test_a_few_photos_keep_the_global_mappers_fixed_rotation_stage():
     from flowmap.refine.core import settings_for_few_views
 

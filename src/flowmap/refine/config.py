@@ -61,6 +61,14 @@ class RefineConfig:
             tartanair-hospital from its saved 10-step start (``benchmarks/refine_eval.py``,
             2026-12-05 session 29) OpenCV's SIFT gave ATE 0.0217, 0.0109, 0.0118 and
             DSP-SIFT 0.0087, 0.0047, 0.0034 (refinement 34 s against 14 s).
+        texture_sample_frames, texture_sample_margin: the texture is judged first on
+            ``texture_sample_frames`` frames spread over the video; a sample density under
+            ``texture_sample_margin`` x ``low_texture_max_density`` goes to the
+            low-texture features at once (tartanair-hospital: 8.4 on 8 frames, every
+            frame 8.2; its OpenCV extraction of all 189 frames, 4-5 s, is no longer
+            thrown away), anything else extracts the remaining frames (the sample's
+            features are kept) and decides on every frame as before (tum-rpy's sample
+            13.9, every frame 14.4).
         max_num_features: SIFT keypoints per frame (cap). 4096: OpenCV finds fewer than
             that on most frames here; 8192 with a lower threshold gave 2.5x the tracks,
             twice the matching and adjustment time and no better ATE.
@@ -324,6 +332,8 @@ class RefineConfig:
     forward_sift_dsp: bool = False
     low_texture_features: str | None = "colmap"
     low_texture_max_density: float = 12.0
+    texture_sample_frames: int = 12
+    texture_sample_margin: float = 0.75
     max_num_features: int = 4096
     max_image_side: int | None = None
     sift_first_octave: int = -1
@@ -408,6 +418,8 @@ class RefineConfig:
             raise ValueError(f"features must be one of {FEATURES}, got {self.features!r}")
         if self.forward_features not in (None, *FEATURES) or not 0 <= self.forward_motion_min_cos <= 1:
             raise ValueError(f"forward_features must be None or one of {FEATURES}, forward_motion_min_cos in [0, 1]")
+        if self.texture_sample_frames < 1 or not 0 <= self.texture_sample_margin <= 1:
+            raise ValueError("texture_sample_frames must be >= 1 and texture_sample_margin in [0, 1]")
         if self.low_texture_features not in (None, *FEATURES) or not self.low_texture_max_density >= 0:
             raise ValueError(f"low_texture_features must be None or one of {FEATURES}, low_texture_max_density >= 0")
         if self.camera_model not in CAMERA_MODELS:

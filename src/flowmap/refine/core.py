@@ -131,6 +131,22 @@ def settings_for_texture(config: RefineConfig, density: float) -> RefineConfig:
     return config
 
 
+def texture_sample(n: int, count: int) -> np.ndarray:
+    """Indices of ``count`` frames spread evenly over ``n`` (all of them when n <= count),
+    whose SIFT keypoints judge the texture before the other frames are extracted."""
+    return np.unique(np.linspace(0, n - 1, min(n, max(1, count))).round().astype(int))
+
+
+def clearly_low_texture(config: RefineConfig, density: float) -> bool:
+    """True when a sample's :func:`keypoint_density` is below
+    ``config.texture_sample_margin`` times ``config.low_texture_max_density`` (so far
+    below that the median of every frame would be below the threshold too) and the
+    low-texture features apply (:func:`settings_for_texture`); a density nearer the
+    threshold is decided on every frame."""
+    low = density < config.texture_sample_margin * config.low_texture_max_density
+    return low and settings_for_texture(config, density) is not config
+
+
 def settings_for_few_views(config: RefineConfig, n: int) -> RefineConfig:
     """``config`` for ``n`` frames: with at most ``config.few_views_max_frames`` (a few
     wide-baseline photos) the global mapper keeps the fixed-rotation stage of its bundle
@@ -269,13 +285,20 @@ def refine(
         t0 = time.perf_counter()
         names = features.write_images(images, image_dir)
         if config.features == "opencv":
-            counts = features.extract_opencv(db, image_dir, names, images, K, config)
-            stats["keypoint_density"] = density = keypoint_density(counts, H, W)
+            # a sample of frames first: clearly low texture goes to DSP-SIFT without
+            # extracting the rest twice; otherwise the sample is kept and the decision
+            # is taken on every frame (as when all of them were extracted first)
+            sample = features.opencv_sift_frames(images, texture_sample(n, config.texture_sample_frames), config)
+            density = keypoint_density([len(k) for k, _ in sample.values()], H, W)
+            if not clearly_low_texture(config, density):
+                counts = features.extract_opencv(db, image_dir, names, images, K, config, done=sample)
+                density = keypoint_density(counts, H, W)
+            stats["keypoint_density"] = density
             textured = config
             config = settings_for_texture(config, density)
             if config is not textured:  # low texture: COLMAP's DSP-SIFT instead, into a fresh database
                 say(f"low texture ({density:.1f} SIFT keypoints per 10,000 px): COLMAP's DSP-SIFT instead")
-                db.unlink()
+                db.unlink(missing_ok=True)
                 features.extract(db, image_dir, names, K, config)
         else:
             features.extract(db, image_dir, names, K, config)

@@ -60,7 +60,22 @@ def opencv_sift(image: np.ndarray, max_features: int, peak_threshold: float) -> 
     return np.column_stack([xy, scale, angle]).astype(np.float32), d
 
 
-def extract_opencv(database: Path, image_dir: Path, names: list[str], images: np.ndarray, K: np.ndarray, cfg) -> list[int]:
+def opencv_sift_frames(images: np.ndarray, indices, cfg) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """:func:`opencv_sift` of the frames ``indices`` of ``images`` (N, H, W, 3), on
+    ``cfg.num_threads`` threads (OpenCV releases the GIL): frame index -> (keypoints,
+    descriptors)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    indices = [int(i) for i in indices]
+    with ThreadPoolExecutor(max(1, cfg.num_threads)) as pool:
+        found = pool.map(lambda i: opencv_sift(images[i], cfg.max_num_features, cfg.sift_peak_threshold), indices)
+        return dict(zip(indices, found))
+
+
+def extract_opencv(
+    database: Path, image_dir: Path, names: list[str], images: np.ndarray, K: np.ndarray, cfg,
+    done: dict[int, tuple[np.ndarray, np.ndarray]] | None = None,
+) -> list[int]:
     """OpenCV SIFT on every frame into ``database`` (frames imported by COLMAP's own
     image reader, one shared camera initialised from K as :func:`extract` does); the
     number of keypoints of each frame.
@@ -69,18 +84,18 @@ def extract_opencv(database: Path, image_dir: Path, names: list[str], images: np
     (``first_octave`` -1) at about a third of COLMAP's extraction time here (0.88 s
     against 2.5 s for tum-office's 17 frames, 2 threads), so the refinement keeps the
     precise small-scale keypoints that COLMAP's cheaper ``first_octave`` 0 loses (see
-    :class:`flowmap.refine.RefineConfig`).
+    :class:`flowmap.refine.RefineConfig`). ``done``: features of some frames already
+    extracted (:func:`opencv_sift_frames`), not extracted again.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     import pycolmap
 
     reader = pycolmap.ImageReaderOptions()
     reader.camera_model = cfg.camera_model
     pycolmap.Database.open(database).close()  # an empty database for the import
     pycolmap.import_images(database, image_dir, pycolmap.CameraMode.SINGLE, names, reader)
-    with ThreadPoolExecutor(max(1, cfg.num_threads)) as pool:
-        found = list(pool.map(lambda im: opencv_sift(im, cfg.max_num_features, cfg.sift_peak_threshold), images))
+    done = dict(done or {})
+    done.update(opencv_sift_frames(images, [i for i in range(len(images)) if i not in done], cfg))
+    found = [done[i] for i in range(len(images))]
     db = pycolmap.Database.open(database)
     try:
         ids = {img.name: img.image_id for img in db.read_all_images()}

@@ -165,6 +165,8 @@ def test_bench_smoke_flowmap_and_colmap(tmp_path, one_torch_thread):
         assert 0 <= row["registered"] <= 6
         if row["ate_paper"] is not None:
             assert row["ate_ratio"] == pytest.approx(fm["ate_paper"] / row["ate_paper"])
+            if row["registered"] == 6:  # the same frames: the common-frame ratio is the plain one
+                assert row["ate_ratio_common"] == pytest.approx(row["ate_ratio"])
         assert row["time_ratio"] == pytest.approx(fm["time_s"] / row["time_s"])
     assert rows["colmap-incremental"]["registered"] >= 5 and rows["colmap-incremental"]["ate_paper"] < 0.01
     # flowmap's outputs, with the ground truth in the report
@@ -278,3 +280,28 @@ def test_few_view_subsets_are_built_from_a_sequence(tmp_path):
     np.testing.assert_allclose(c2w, all_c2w[[all_names.index(n) for n in every]])
     with pytest.raises(InputError, match="at least 3"):
         subset_sequence(castle, 20, tmp_path)
+
+
+def test_common_ate_ratio_compares_the_frames_both_posed(tmp_path):
+    """Where COLMAP drops frames, the common ratio evaluates flowmap on COLMAP's frames
+    only: a flowmap run that is exact there and off on the dropped frames scores 0 against
+    any COLMAP error, whatever the plain ratio says; too few common frames: None."""
+    from flowmap.bench import common_ate_ratio
+    from flowmap.evaluation import ate_paper, read_ground_truth
+    from flowmap.synthetic import make_scene, write_sequence
+
+    scene = make_scene(n_frames=8, height=48, width=64, seed=0)
+    seq = write_sequence(scene, tmp_path / "seq")
+    names = list(scene.names)
+    rng = np.random.default_rng(0)
+    ours = scene.c2w.copy()
+    ours[6:, :3, 3] += 0.5  # wrong only where COLMAP has no pose
+    theirs = scene.c2w[:6].copy()
+    theirs[:, :3, 3] += rng.normal(0, 0.01, (6, 3))
+    assert common_ate_ratio((names, ours), (names[:6], theirs), seq) < 1e-4  # poses.txt keeps ~7 digits
+    ours[:6, :3, 3] += rng.normal(0, 0.02, (6, 3))
+    gt = read_ground_truth(seq)[1][:6, :3, 3]
+    expected = ate_paper(ours[:6, :3, 3], gt) / ate_paper(theirs[:, :3, 3], gt)
+    assert common_ate_ratio((names, ours), (names[:6], theirs), seq) == pytest.approx(expected) and expected > 1
+    assert ate_paper(ours[:, :3, 3], scene.c2w[:, :3, 3]) > ate_paper(theirs[:, :3, 3], scene.c2w[:6, :3, 3])  # plain ratio > 1
+    assert common_ate_ratio((names, ours), (names[:2], theirs[:2]), seq) is None

@@ -212,6 +212,7 @@ def subset_sequence(seq_dir: Path, every: int, root: Path) -> Path:
 
 # --------------------------------------------------------------------------- rows
 
+POSES_KEY = "_posed"  # transient row entry: (names, c2w) of the posed frames, not written
 ROW_KEYS = (
     "sequence",
     "method",
@@ -237,6 +238,7 @@ ROW_KEYS = (
     "depth_agreement",
     "time_ratio",
     "ate_ratio",
+    "ate_ratio_common",
     "n_models",
     "matcher",
     "image_size",
@@ -259,7 +261,10 @@ rpe_trans in ground-truth units, rpe_rot_deg in degrees, focal_rel_error =
 |f - f_gt| / f_gt, focal_px / focal_gt_px at the ground-truth width, registration_rate,
 and the depth metrics of :func:`flowmap.evaluation.evaluate_depth` where the sequence has
 measured depth: flowmap rows only);
-time_ratio and ate_ratio = flowmap / this row (COLMAP rows only); n_models (COLMAP:
+time_ratio and ate_ratio = flowmap / this row (COLMAP rows only; ate_ratio compares
+flowmap's ATE on every frame it posed with COLMAP's on the frames COLMAP registered);
+ate_ratio_common: flowmap / this row with both ATEs on the frames both posed (COLMAP rows
+where COLMAP posed at least 3 of flowmap's frames); n_models (COLMAP:
 models built, the largest is evaluated); matcher (COLMAP: "sequential"/"exhaustive");
 image_size [H, W] of the frames both methods read; outputs (flowmap: folder of its
 outputs); timings (flowmap: seconds per stage); warnings; note (evaluation notes);
@@ -394,6 +399,7 @@ def _run_flowmap(
     posed = rec.posed()  # frames that could not be registered count as unregistered, as COLMAP's do
     depth = posed.depth if posed.dense is None else posed.dense.depth  # the written maps (flowmap.dense where it ran)
     row.update(_evaluate(posed.names, posed.c2w, posed.K, posed.image_size, seq_dir, depth))
+    row[POSES_KEY] = (list(posed.names), np.asarray(posed.c2w))
     if rec.refinement.get("depth_agreement") is not None:
         row["depth_agreement"] = rec.refinement["depth_agreement"]
     rows = [row]
@@ -425,6 +431,7 @@ def _run_colmap_row(
         row["image_size"] = list(res.image_size)
     if registered:
         row.update(_evaluate(registered, c2w, K, size, seq_dir))
+        row[POSES_KEY] = (registered, np.asarray(c2w))
     else:
         row.update(_evaluate_none(seq_dir))
     return row
@@ -438,14 +445,47 @@ def _evaluate_none(seq_dir: Path) -> dict:
     return {"n_frames": len(names_gt), "registered": 0, "registration_rate": 0.0}
 
 
-def _add_ratios(rows: list[dict]) -> None:
-    """On every COLMAP row: flowmap / COLMAP for time and ate_paper (None where undefined)."""
+def _add_ratios(rows: list[dict], seq_dir: Path) -> None:
+    """On every COLMAP row: flowmap / COLMAP for time and ate_paper, and for ate_paper on
+    the frames both posed (:func:`common_ate_ratio`); None where undefined."""
     flowmap = next((r for r in rows if r["method"] == "flowmap"), None)
     for row in rows:
         if flowmap is None or row["method"].startswith("flowmap"):
             continue
         row["time_ratio"] = _ratio(flowmap.get("time_s"), row.get("time_s"))
         row["ate_ratio"] = _ratio(flowmap.get("ate_paper"), row.get("ate_paper"))
+        if POSES_KEY in flowmap and POSES_KEY in row:
+            row["ate_ratio_common"] = common_ate_ratio(flowmap[POSES_KEY], row[POSES_KEY], seq_dir)
+
+
+def common_ate_ratio(
+    ours: tuple[list[str], np.ndarray], theirs: tuple[list[str], np.ndarray], seq_dir: Path
+) -> float | None:
+    """ATE (paper convention, :func:`flowmap.evaluation.ate_paper`) of ``ours`` over that
+    of ``theirs``, both on the ground-truth frames that both posed.
+
+    Where one method drops frames the other poses, the plain ratio compares different
+    frame sets (e.g. COLMAP's 135 easiest of 189); this one does not.
+
+    Args:
+        ours, theirs: (names, c2w (M, 4, 4)) of the posed frames, OpenCV axes.
+        seq_dir: the sequence (its ``poses.txt`` is the ground truth).
+
+    Returns:
+        The ratio, or None when fewer than 3 frames are common or an ATE is 0.
+    """
+    from flowmap.evaluation import MIN_FRAMES_FOR_POSE_METRICS, ate_paper, match_frames, read_ground_truth
+
+    names_gt, c2w_gt, _ = read_ground_truth(seq_dir)
+    mine, _ = match_frames(list(ours[0]), names_gt)
+    other, _ = match_frames(list(theirs[0]), names_gt)
+    common = [k for k, (a, b) in enumerate(zip(mine, other)) if a is not None and b is not None]
+    if len(common) < MIN_FRAMES_FOR_POSE_METRICS:
+        return None
+    gt = c2w_gt[common, :3, 3]
+    a = ate_paper(np.asarray(ours[1])[[mine[k] for k in common], :3, 3], gt)
+    b = ate_paper(np.asarray(theirs[1])[[other[k] for k in common], :3, 3], gt)
+    return _ratio(a, b)
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -555,7 +595,7 @@ def run_bench(
                 log(f"[{name}] COLMAP ({mapper}) on {len(names)} frames ...")
                 seq_rows.append(_run_colmap_row(seq_dir, name, out_root / name / f"colmap-{mapper}", cfg, names, log))
                 _release_memory()
-            _add_ratios(seq_rows)
+            _add_ratios(seq_rows, seq_dir)
             rows.extend({k: _plain(row[k]) for k in ROW_KEYS} for row in seq_rows)
             _write_json_atomic(out_root / "bench.json", _results(rows, config, base, run_mappers, notes))  # partial
 
@@ -615,6 +655,7 @@ COLUMNS = (
     ("plane AbsRel", "depth_abs_rel_constant", "{:.3f}"),
     ("time ratio", "time_ratio", "{:.2f}"),
     ("ATE ratio", "ate_ratio", "{:.2f}"),
+    ("ATE ratio common", "ate_ratio_common", "{:.2f}"),
 )
 
 
@@ -671,7 +712,8 @@ def format_table(results: dict) -> str:
     maps and the adjusted points each frame observes), depth
     AbsRel and plane AbsRel (the best constant depth on the same pixels) where the sequence
     has measured depth, and on COLMAP lines the ratios flowmap / COLMAP of time and ate_paper (< 1: flowmap faster /
-    more accurate). Failed runs are listed under the table with their error.
+    more accurate; "ATE ratio common": both ATEs on the frames both posed). Failed runs are listed under the table
+    with their error.
     """
     rows = results["rows"]
     header = [c[0] for c in COLUMNS]

@@ -22,6 +22,7 @@ import subprocess
 from pathlib import Path
 
 STAGES = ("keyframes_s", "frames_s", "correspondences_s", "optimization_s", "refine_s", "register_s", "outputs_s")
+LABELS = {"keyframes_s": "scan", "frames_s": "decode"}  # column names where the timing key would repeat "keyframes"
 """The top-level stages of ``summary.json["timings"]`` (see :mod:`flowmap.pipeline`)."""
 
 
@@ -65,9 +66,9 @@ def main() -> None:
     args = ap.parse_args()
     shutil.rmtree(args.out, ignore_errors=True)
     args.out.mkdir(parents=True)
-    head = " | ".join(s.removesuffix("_s") for s in STAGES)
+    head = " | ".join(LABELS.get(s, s.removesuffix("_s")) + " s" for s in STAGES)
     print(f"| frames | keyframes | {head} | total s | s/frame | peak MB | MB/frame | OUT MB |")
-    print("|" + " --- |" * (len(STAGES) + 8))
+    print("|" + " --- |" * (len(STAGES) + 7))
     for n in [*args.lengths, None]:
         summary = one(args.source, args.out / f"n{n or 'all'}", n, args.keyframes, args.extra, args.command)
         print(row(summary), flush=True)

@@ -270,3 +270,21 @@ def test_synthetic_scene_focal_is_estimated():
     trivial = straight_line_ate(scene.c2w)
     assert focal_error < 0.1, (sol.K[0, 0], scene.K[0, 0])
     assert ate < 0.5 * trivial, (ate, trivial)
+
+
+def test_final_solve_is_the_same_in_any_chunk_size(small_scene):
+    """The final solve runs the network and the pairs ``chunk`` frames at a time (the
+    previous chunk's last frame carried over) and sums the flow loss chunk by chunk, to
+    bound its memory: any chunk size gives the same cameras, depth, weights and losses as
+    one pass over the whole video."""
+    _, frames, corr = small_scene
+    data = VideoTensors.from_numpy(resize_images(frames.images, corr.shape), corr, "cpu")
+    fitted = fit(data, _cfg(2), (frames.height, frames.width))
+    whole = solve(fitted.model, data, fitted.focal_px, chunk=frames.n)
+    for chunk in (1, 3, 4):
+        part = solve(fitted.model, data, fitted.focal_px, chunk=chunk)
+        np.testing.assert_allclose(part.c2w, whole.c2w, atol=1e-6)
+        np.testing.assert_allclose(part.depth, whole.depth, rtol=1e-5)
+        np.testing.assert_allclose(part.weights, whole.weights, atol=1e-6)
+        assert part.losses["flow"] == pytest.approx(whole.losses["flow"], rel=1e-5)
+        assert part.losses["tracks"] == pytest.approx(whole.losses["tracks"], rel=1e-5)

@@ -31,24 +31,26 @@ class MemoryModel:
     with P = h * w working pixels, N frames and ``window`` frames per step. The windowed
     steps keep the network's activations of ``window`` frames for the backward pass;
     the final solve holds depth and features of all N frames and the per-pixel pose
-    samples of one chunk of 16 pairs.
+    samples of one chunk of ``chunk`` pairs (:func:`flowmap.solve.solve`'s, 4).
 
     Measured on CPU (torch 2.13, one thread, 3 steps, tracks as the default
-    TrackConfig seeds them) as VmHWM - VmRSS around ``optimize`` (peak reset through
-    ``/proc/self/clear_refs``) on 21 configurations: N in {10, 30, 60, 100} x h x w in
-    {96 x 128, 176 x 240, 272 x 352} at window 10, windows 5 and 20 at N = 30, and N in
-    {200, 300}; least squares. Every prediction lay within -10 % / +18 % of its
-    measurement then; on 2026-12-02 the test configuration (N 20, 128 x 160, window 10)
-    measured 535-573 MB against 680 MB predicted (+19-27 %), so the model now errs on the
-    safe side. The tracks (up to 74k x 300) added nothing measurable beyond their
+    TrackConfig seeds them) as VmHWM - VmRSS around ``fit`` + ``solve`` (peak reset
+    through ``/proc/self/clear_refs``) on 15 configurations: N in {10, 30, 60, 100} x
+    h x w in {96 x 128, 176 x 240, 272 x 352} at window 10, windows 5 and 20 at N = 30,
+    and N = 200 (2026-12-05, the solve's chunk 4; ``/work/runs/s30/mem_calib.py`` of that
+    session); least squares gave base 193 MB and 122 / 63 / 347 bytes a pixel, predicting
+    every measurement within -13 % / +17 %; the coefficients below are those times 1.12,
+    so that the model errs on the safe side (-3 % / +31 %). With the solve's former chunk
+    of 16 pairs the same runs peaked up to 0.5 GB higher (the solve's per-pixel samples of
+    16 pairs at once). The tracks (up to 74k x 300) added nothing measurable beyond their
     storage, which :func:`estimate_memory` counts with the correspondences.
     """
 
-    base: float = 2.74e8
-    per_chunk_px: float = 935.0
-    per_frame_px: float = 110.0
-    per_window_px: float = 173.0
-    chunk: int = 16
+    base: float = 2.16e8
+    per_chunk_px: float = 137.0
+    per_frame_px: float = 71.0
+    per_window_px: float = 389.0
+    chunk: int = 4
 
     def optimisation(self, n_frames: int, pixels: int, window: int) -> float:
         """Bytes the optimisation adds on top of the frames and correspondences."""

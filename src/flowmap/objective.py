@@ -67,6 +67,24 @@ def flow_loss(
     Returns:
         () scalar loss (weighted mean over pairs, directions and pixels).
     """
+    error, weight = flow_loss_sums(depth, K, T_prev_from_next, xy, flow_fwd, flow_bwd, mask_fwd, mask_bwd, delta)
+    return error / (weight + 1e-8)
+
+
+def flow_loss_sums(
+    depth: Tensor,
+    K: Tensor,
+    T_prev_from_next: Tensor,
+    xy: Tensor,
+    flow_fwd: Tensor,
+    flow_bwd: Tensor,
+    mask_fwd: Tensor,
+    mask_bwd: Tensor,
+    delta: float,
+) -> tuple[Tensor, Tensor]:
+    """The weighted sum of Huber errors and the sum of weights whose ratio is
+    :func:`flow_loss` (same arguments), so that a long video's loss can be summed over
+    chunks of pairs without holding every pair's per-pixel terms at once."""
     n = depth.shape[0] - 1
     xy_b = xy[None].expand(n, -1, -1)
     d_prev = sample_image(depth[:-1, None], xy_b)[..., 0]
@@ -81,7 +99,7 @@ def flow_loss(
         w = mask * in_front
         terms.append((_huber(xy_hat - (xy_b + flow), delta) * w).sum())
         weights.append(w.sum())
-    return sum(terms) / (sum(weights) + 1e-8)
+    return sum(terms), sum(weights)
 
 
 def track_loss(

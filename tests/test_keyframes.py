@@ -20,6 +20,7 @@ from flowmap.keyframes import (
     choose_keyframes,
     frame_motion,
     keep_overlap,
+    motion_count,
     parse_target,
     select_keyframes,
     target_count,
@@ -111,6 +112,25 @@ def test_choose_keyframes_all_keeps_every_frame():
     thumbs = window_sequence(static_then_fast(5, 5))
     keys, motion = choose_keyframes(thumbs, KeyframeConfig(target="all"))
     assert keys.tolist() == list(range(10)) and motion.shape == (9,)
+
+
+def test_auto_takes_fewer_keyframes_of_a_slow_clip():
+    """"auto" never splits the motion into steps under ``auto_min_step`` of the width: a
+    window crawling 0.25 px a frame for 300 frames (75 px, 0.47 widths in all) gets about
+    47 keyframes about 1 % of the width apart, not the 100 of a fast clip; an explicit
+    count is kept whatever the motion."""
+    slow = window_sequence(10 + np.arange(300) * 0.25)  # integer offsets: 0.25 px a frame on average
+    cfg = KeyframeConfig(auto_all_max=100)
+    keys, motion = choose_keyframes(slow, cfg)
+    expected = motion_count(motion, cfg.auto_min_step)
+    assert abs(float(motion.sum()) - 75 / WIDTH) < 0.05  # the motion measured is the true 75 px
+    assert 40 <= expected <= 55 and len(keys) == expected < cfg.auto_target
+    steps = np.diff(np.concatenate([[0.0], np.cumsum(motion)])[keys])
+    assert np.mean(steps) >= 0.9 * cfg.auto_min_step  # 1 px moves every 4 frames: steps alternate 0.7 / 1.35 %
+    fast = window_sequence(10 + np.arange(300) * 5)  # 5 px a frame: 9.4 widths, the target binds
+    assert len(choose_keyframes(fast, cfg)[0]) == cfg.auto_target
+    assert len(choose_keyframes(slow, KeyframeConfig(target=80))[0]) == 80  # asked for: kept
+    assert motion_count(motion, 0.0) == 300 and motion_count(np.zeros(10), 0.01) == 3
 
 
 def test_thumbnail_keeps_the_aspect_ratio():

@@ -62,6 +62,15 @@ class KeyframeConfig:
             shared sequence, 11-229 frames: their runs already take less time than
             COLMAP's, README "Keyframes").
         auto_target: the keyframe count "auto" aims at for longer inputs.
+        auto_min_step: "auto" never chooses more keyframes than the motion holds steps
+            of this fraction of the width (accumulated motion / ``auto_min_step`` + 1,
+            at most ``auto_target``): a slow clip gets fewer, farther keyframes. 0.01:
+            tabletop-slide.mp4 (243 frames of 1080p, a slow slide accumulating 17.6 %
+            of the width) got 100 keyframes 0.18 % apart before, a static-camera warning,
+            a refinement that lost its observations (28,380 -> 47) and was rejected,
+            108 s; with 19 keyframes (1 % apart) 25 s, refinement applied (0.37 px), every
+            frame posed. room-walkin (3.35 widths) keeps 100; every shared sequence
+            holds more than 1 % a frame (and keeps every frame anyway).
         thumb_width: width in pixels of the grayscale thumbnails whose DIS flow
             measures the motion.
         max_step: the most motion between consecutive keyframes, as a fraction of the
@@ -76,6 +85,7 @@ class KeyframeConfig:
     target: int | str = "auto"
     auto_all_max: int = 240
     auto_target: int = 100
+    auto_min_step: float = 0.01
     thumb_width: int = 160
     max_step: float = 0.25
 

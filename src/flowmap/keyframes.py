@@ -49,8 +49,8 @@ def check_keyframe_config(cfg: KeyframeConfig) -> None:
     parse_target(cfg.target)
     if cfg.auto_target < MIN_KEYFRAMES or cfg.auto_all_max < MIN_KEYFRAMES:
         raise InputError(f"keyframe auto_target and auto_all_max must be at least {MIN_KEYFRAMES}")
-    if cfg.thumb_width < 16 or not cfg.max_step > 0:
-        raise InputError("keyframe thumb_width must be at least 16 pixels and max_step positive")
+    if cfg.thumb_width < 16 or not cfg.max_step > 0 or not cfg.auto_min_step >= 0:
+        raise InputError("keyframe thumb_width must be at least 16 pixels, max_step positive and auto_min_step >= 0")
 
 
 def target_count(cfg: KeyframeConfig, n_frames: int) -> int | None:
@@ -175,4 +175,20 @@ def choose_keyframes(thumbs: np.ndarray, cfg: KeyframeConfig) -> tuple[np.ndarra
     count = target_count(cfg, len(thumbs))
     if count is None:
         return np.arange(len(thumbs)), motion
+    if parse_target(cfg.target) == "auto":
+        count = min(count, motion_count(motion, cfg.auto_min_step))
     return keep_overlap(select_keyframes(motion, count), motion, cfg.max_step), motion
+
+
+def motion_count(motion: np.ndarray, min_step: float) -> int:
+    """The most keyframes whose consecutive steps can all be ``min_step`` of the width
+    (accumulated motion / ``min_step`` + 1, at least :data:`MIN_KEYFRAMES`): what "auto"
+    keeps of a slow clip (:attr:`KeyframeConfig.auto_min_step`).
+
+    Args:
+        motion: (N-1,) consecutive motion (:func:`frame_motion`, fractions of the width).
+        min_step: fraction of the width; 0: no limit.
+    """
+    if not min_step > 0:
+        return len(motion) + 1
+    return max(MIN_KEYFRAMES, int(float(np.sum(motion)) / min_step) + 1)

@@ -53,8 +53,8 @@ class RefineConfig:
             KITTI's true principal point instead of the centre changed nothing (0.00016).
         low_texture_features, low_texture_max_density: on low texture (OpenCV's SIFT finds
             fewer than ``low_texture_max_density`` keypoints per 10,000 pixels, median
-            over the frames, from the OpenCV extraction: :func:`flowmap.refine.core.keypoint_density`;
-            the frames are then extracted again),
+            over the frames: :func:`flowmap.refine.core.keypoint_density`; judged on a
+            sample first, see ``texture_sample_frames``),
             the refinement uses COLMAP's DSP-SIFT with 8,192 features ("colmap"; None:
             keep ``features``). Densities: tartanair-hospital (white walls) 7.9, tum-rpy
             15.9, tum-rpy-long 18.8, the other shared sequences 41-82. On

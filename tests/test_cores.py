@@ -39,3 +39,28 @@ def test_auto_threads_never_exceeds_the_default():
     assert 1 <= auto_threads(64, interval_s=0.05) <= 64
     with pytest.raises(ValueError):
         auto_threads(0)
+
+
+def test_lower_this_thread_changes_only_the_calling_thread():
+    """The thread that asks gets nice 10; the main thread (the process) keeps its own."""
+    import os
+    import sys
+    import threading
+
+    from flowmap.cores import lower_this_thread
+
+    seen = {}
+
+    def work():
+        seen["lowered"] = lower_this_thread(10)
+        seen["nice"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    before = os.getpriority(os.PRIO_PROCESS, 0)
+    t = threading.Thread(target=work)
+    t.start()
+    t.join()
+    assert os.getpriority(os.PRIO_PROCESS, 0) == before
+    if sys.platform.startswith("linux"):
+        assert seen["lowered"] and seen["nice"] == max(before, 10)
+    else:
+        assert not seen["lowered"]

@@ -8,7 +8,9 @@ import cv2
 import numpy as np
 import pytest
 
-from flowmap.register import RegisterConfig, neighbour_keyframes, register_frames
+import threading
+
+from flowmap.register import RegisterConfig, neighbour_keyframes, register_frames, track_frames
 from flowmap.synthetic import make_scene
 
 
@@ -68,6 +70,30 @@ def test_unposed_keyframes_are_not_used_and_unmatched_frames_are_reported(scene,
     np.testing.assert_array_equal(others.c2w[by_position[12]], np.eye(4))
     assert others.registered[by_position[6]]  # beyond the last posed keyframe (5): posed from it alone
     assert others.posed().n == int(others.registered.sum())
+
+
+@pytest.mark.parametrize("neighbours", [1, 2])
+def test_tracks_computed_beforehand_give_the_same_poses(scene, neighbours):
+    """The tracks the pipeline computes beside the refinement (no camera needed) pose
+    every frame exactly as tracking inside the registration does, also when a keyframe
+    ends unposed (its frames then fall back to tracking from the posed ones); a
+    cancelled tracking returns no tracks and the registration tracks them itself."""
+    keys = np.array([0, 5, 10, 15])
+    g = gray(scene.images)
+    depth = scene.depth[keys].copy()
+    depth[1, :30] = 0  # corners without depth: dropped after tracking instead of before
+    cfg = RegisterConfig(neighbours=neighbours)
+    tracks = track_frames(g, keys, cfg)
+    assert {j for j, _ in tracks.tracked} == set(range(16)) - set(keys.tolist())
+    for posed in (np.ones(4, bool), np.array([True, False, True, True])):
+        args = (g, keys, scene.c2w[keys], scene.K, depth, posed, list(scene.names), list(range(16)), cfg)
+        plain, early = register_frames(*args), register_frames(*args, tracks=tracks)
+        assert early.registered.sum() >= 10
+        np.testing.assert_array_equal(early.c2w, plain.c2w)
+        np.testing.assert_array_equal(early.inliers, plain.inliers)
+    cancel = threading.Event()
+    cancel.set()
+    assert track_frames(g, keys, cfg, cancel).tracked == {}
 
 
 def test_registration_is_repeatable():

@@ -11,6 +11,9 @@ before it starts and uses the idle ones, never more than torch's own default.
 from __future__ import annotations
 
 import math
+import os
+import sys
+import threading
 
 
 def free_cores(interval_s: float = 0.25) -> int | None:
@@ -68,3 +71,24 @@ def auto_threads(default: int, interval_s: float = 0.25) -> int:
         raise ValueError(f"default must be at least 1, got {default}")
     free = free_cores(interval_s)
     return default if free is None else min(default, free)
+
+
+def lower_this_thread(nice: int) -> bool:
+    """Give the calling thread the scheduling priority ``nice`` (Linux: a thread's own
+    nice value, ``setpriority`` on its thread id, never raised); elsewhere nothing
+    changes, since the same call would lower the whole process. Returns whether the
+    thread now runs at ``nice`` or lower.
+
+    For work beside the main stages that should only take the cores they leave idle (the
+    registration's tracks beside FlowMap and the refinement, issue 25): at nice 10 the
+    kernel gives such a thread about a tenth of a core the main threads want.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    tid = threading.get_native_id()
+    try:
+        if os.getpriority(os.PRIO_PROCESS, tid) < nice:  # never raise a thread that already runs lower
+            os.setpriority(os.PRIO_PROCESS, tid, int(nice))
+    except OSError:
+        return False
+    return True

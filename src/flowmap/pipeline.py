@@ -40,7 +40,9 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -49,6 +51,7 @@ import numpy as np
 from flowmap import checks
 from flowmap.camera import K_at
 from flowmap.config import RunConfig  # flowmap.pipeline.RunConfig keeps working (it lived here)
+from flowmap.cores import lower_this_thread
 from flowmap.correspondences.cache import load_or_compute
 from flowmap.correspondences.flow import resolve_scale
 from flowmap.dense import dense_depth
@@ -64,7 +67,7 @@ from flowmap.outputs import write_outputs
 from flowmap.pretrained import Pretrained
 from flowmap.refine import RefineConfig, Refinement, refine
 from flowmap.refine.depth import fit_scales
-from flowmap.register import register_frames
+from flowmap.register import Tracks, register_frames, track_frames
 from flowmap.resolution import resize_images, working_shape
 from flowmap.solve import solve
 from flowmap.types import Frames, FrameScan, NonKeyframes, Reconstruction, Solution
@@ -251,16 +254,22 @@ def _frame_reader(source: str | Path | Frames, config: RunConfig, scan: FrameSca
 
 def _register(
     scan: FrameScan, c2w: np.ndarray, K: np.ndarray, depth: np.ndarray, registered: np.ndarray | None,
-    image_size: tuple[int, int], config: RunConfig, warnings: list[str],
+    image_size: tuple[int, int], config: RunConfig, warnings: list[str], tracked: tuple[np.ndarray, Tracks] | None = None,
 ) -> NonKeyframes:
     """Pose the frames of ``scan`` that are not keyframes (:func:`flowmap.register.register_frames`)
     with the keyframes' final cameras (c2w (N, 4, 4), K in pixels of the input frames)
-    and depth (N, h, w); a warning counts those that could not be registered."""
+    and depth (N, h, w); a warning counts those that could not be registered.
+    ``tracked``: (the grayscale frames, their tracks) from :func:`_tracking_beside`,
+    used when the frames have the depth maps' size."""
     posed = np.ones(len(c2w), bool) if registered is None else np.asarray(registered, bool)
     K_work = K_at(K, image_size, depth.shape[1:])
-    gray = scan.gray if scan.gray.shape[1:] == depth.shape[1:] else resize_images(scan.gray, depth.shape[1:])
+    tracks = None
+    if tracked is not None and tracked[0].shape[1:] == depth.shape[1:]:
+        gray, tracks = tracked
+    else:
+        gray = _working_gray(scan, depth.shape[1:])
     others = register_frames(
-        gray, scan.keys, c2w, K_work, depth, posed, scan.names, scan.source_indices, config.register, config.progress
+        gray, scan.keys, c2w, K_work, depth, posed, scan.names, scan.source_indices, config.register, config.progress, tracks
     )
     missing = others.n - int(others.registered.sum())
     if missing:
@@ -269,6 +278,45 @@ def _register(
             "they are left out of the outputs and listed in summary.json (try more --keyframes)"
         )
     return others
+
+
+def _working_gray(scan: FrameScan, shape: tuple[int, int]) -> np.ndarray:
+    """The scan's grayscale frames (M, h, w) at ``shape`` (h, w)."""
+    return scan.gray if scan.gray.shape[1:] == tuple(shape) else resize_images(scan.gray, tuple(shape))
+
+
+@contextlib.contextmanager
+def _tracking_beside(scan: FrameScan | None, shape: tuple[int, int], config: RunConfig):
+    """Inside the block, the registration's Lucas-Kanade tracks of the frames that are
+    not keyframes (:func:`flowmap.register.track_frames`, frames at ``shape``) are computed
+    on one thread beside the main one; yields a function that waits for them and returns
+    (grayscale frames, tracks), or None when there is nothing to track (no scan, or the
+    "dis" method). The tracks need no camera, and the refinement leaves a core idle for
+    about a third of its time (COLMAP's global positioning runs on one), so the thread
+    runs at nice 10 (:func:`flowmap.cores.lower_this_thread`) and mostly takes that idle
+    core. room-walkin (100 keyframes, 991 other frames; three runs each, alternating):
+    registration after the refinement 4.2-4.3 -> 1.3-1.4 s, the run 42.5-43.4 ->
+    38.1-42.0 s. Started before FlowMap's descent instead, it slowed the descent by 2.5 s
+    (torch's two threads wait for each other at every parallel region). Leaving the block
+    early stops the tracking.
+    """
+    if scan is None or config.register.method != "lk":
+        yield lambda: None
+        return
+    gray = _working_gray(scan, shape)
+    cancel = threading.Event()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="flowmap-track") as pool:
+        future = pool.submit(_in_idle_time, track_frames, gray, scan.keys, config.register, cancel)
+        try:
+            yield lambda: (gray, future.result())
+        finally:
+            cancel.set()  # no effect once finished; otherwise the thread stops at the next frame
+
+
+def _in_idle_time(fn, *args):
+    """``fn(*args)`` on this thread at nice 10 (:func:`flowmap.cores.lower_this_thread`)."""
+    lower_this_thread(10)
+    return fn(*args)
 
 
 def _reconstruct(
@@ -284,6 +332,23 @@ def _reconstruct(
     if config.memory.check:
         check_run_memory(frames, config, device)
     shape = working_shape(frames.height, frames.width, config.frames.pixel_budget, config.frames.multiple)
+    fitted, data, working, solution = _flowmap(frames, shape, config, device, init, cache, timings, warnings)
+    with _tracking_beside(scan, solution.depth.shape[1:], config) as tracked:
+        rec, refined, depth = _refined(frames, solution, fitted, data, working, shape, device, config, cache, timings, warnings)
+        if scan is not None:
+            t0 = time.perf_counter()
+            others = _register(scan, rec.c2w, rec.K, rec.depth, rec.registered, rec.image_size, config, warnings, tracked())
+            timings["register_s"] = time.perf_counter() - t0
+            rec = replace(rec, others=others)
+    if refined is not None and refined.applied and config.dense.enabled:
+        rec = _dense(rec, frames, np.asarray(depth), refined, config, timings)
+    return frames, rec, scan
+
+
+def _flowmap(frames: Frames, shape: tuple[int, int], config: RunConfig, device: str, init, cache, timings: dict, warnings: list[str]):
+    """FlowMap on the keyframes at the working ``shape``: correspondences, the descent and
+    the final solve; returns (the fitted model and focal, the video tensors, the working
+    frames (N, h, w, 3), the :class:`Solution`)."""
     t0 = time.perf_counter()
     corr = load_or_compute(
         cache, frames.images, shape, config.correspondences, progress=config.progress, timings=timings, warnings=warnings
@@ -316,6 +381,13 @@ def _reconstruct(
     if config.focal is None:
         focal = float((solution.K[0, 0] + solution.K[1, 1]) / 2)
         warnings += checks.focal_warnings(focal, image_size, config.optim.focal, config.checks)
+    return fitted, data, working, solution
+
+
+def _refined(frames, solution, fitted, data, working, shape, device, config: RunConfig, cache, timings: dict, warnings: list[str]):
+    """The stages after FlowMap's solve: the refinement and the depth fine-tuning, then
+    the :class:`Reconstruction` of the keyframes; returns it, the refinement (or None)
+    and the final depth (N, h, w)."""
     refined = None
     if config.refine is not None:
         t0 = time.perf_counter()
@@ -343,14 +415,7 @@ def _reconstruct(
         solution, refined, finetuned, depth, frames, working, fitted.history, timings,
         {**config.to_dict(), "device_resolved": device, "working_size": list(shape)}, warnings,
     )
-    if scan is not None:
-        t0 = time.perf_counter()
-        others = _register(scan, rec.c2w, rec.K, rec.depth, rec.registered, rec.image_size, config, warnings)
-        timings["register_s"] = time.perf_counter() - t0
-        rec = replace(rec, others=others)
-    if refined is not None and refined.applied and config.dense.enabled:
-        rec = _dense(rec, frames, np.asarray(depth), refined, config, timings)
-    return frames, rec, scan
+    return rec, refined, depth
 
 
 def _dense(rec: Reconstruction, frames: Frames, depth: np.ndarray, refined: Refinement, config: RunConfig, timings: dict) -> Reconstruction:

@@ -18,6 +18,7 @@ OpenCV (the centre of column ``i`` at ``u = i``) and are shifted by +0.5 for COL
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -127,16 +128,26 @@ def keyframe_correspondences(
     return uv, xyz
 
 
-def keyframe_corners(key_gray: np.ndarray, depth: np.ndarray, cfg: RegisterConfig) -> np.ndarray:
+def detect_corners(key_gray: np.ndarray, cfg: RegisterConfig) -> np.ndarray:
     """(P, 2) float32 Shi-Tomasi corners (Shi & Tomasi, CVPR 1994; OpenCV's
-    ``goodFeaturesToTrack``) of a keyframe where its depth is valid, OpenCV pixel centres."""
+    ``goodFeaturesToTrack``) of a keyframe, OpenCV pixel centres, at most ``cfg.lk_corners``."""
     pts = cv2.goodFeaturesToTrack(key_gray, maxCorners=int(cfg.lk_corners), qualityLevel=0.005, minDistance=max(2, cfg.grid_step))
     if pts is None:
         return np.zeros((0, 2), np.float32)
-    pts = pts.reshape(-1, 2)
-    u, v = np.round(pts[:, 0]).astype(np.int64), np.round(pts[:, 1]).astype(np.int64)
+    return pts.reshape(-1, 2).astype(np.float32)
+
+
+def with_depth(corners: np.ndarray, depth: np.ndarray) -> np.ndarray:
+    """(P,) bool: the corners (P, 2) whose nearest pixel of ``depth`` (h, w) is finite and > 0."""
+    u, v = np.round(corners[:, 0]).astype(np.int64), np.round(corners[:, 1]).astype(np.int64)
     d = depth[v, u]
-    return pts[np.isfinite(d) & (d > 0)].astype(np.float32)
+    return np.isfinite(d) & (d > 0)
+
+
+def keyframe_corners(key_gray: np.ndarray, depth: np.ndarray, cfg: RegisterConfig) -> np.ndarray:
+    """(P, 2) float32 corners of a keyframe (:func:`detect_corners`) where its depth is valid."""
+    pts = detect_corners(key_gray, cfg)
+    return pts[with_depth(pts, depth)]
 
 
 def tracked_correspondences(
@@ -149,10 +160,66 @@ def tracked_correspondences(
     if len(corners) == 0:
         return np.zeros((0, 2)), np.zeros((0, 3))
     p1, ok = lk_forward_backward(key_gray, gray, corners, cfg.lk_window, cfg.lk_levels, cfg.fb_threshold_px)
-    c = corners[ok]
+    return lifted(corners, p1, ok, depth, K, c2w)
+
+
+def lifted(corners: np.ndarray, p1: np.ndarray, ok: np.ndarray, depth: np.ndarray, K: np.ndarray, c2w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The tracked corners (P, 2) -> (P, 2) ``p1`` where ``ok`` (P,) and the keyframe's
+    depth is valid, as (uv (Q, 2) float64 pixels in the frame, xyz (Q, 3) float64 world
+    points lifted with ``depth``, ``K`` and ``c2w``)."""
+    keep = ok & with_depth(corners, depth)
+    c = corners[keep]
     u, v = np.round(c[:, 0]).astype(np.int64), np.round(c[:, 1]).astype(np.int64)
     xyz = unproject_pixels(c[:, 0], c[:, 1], depth[v, u], K, c2w)
-    return p1[ok].astype(np.float64), xyz
+    return p1[keep].astype(np.float64), xyz
+
+
+@dataclass
+class Tracks:
+    """Lucas-Kanade tracks of the frames that are not keyframes from their nearest
+    keyframes, before any camera is known (:func:`track_frames`).
+
+    Attributes:
+        corners: keyframe index (into ``keys``) -> (P, 2) float32 corners
+            (:func:`detect_corners`, depth not yet checked).
+        tracked: (frame position, keyframe index) -> ((P, 2) float32 positions in the
+            frame, (P,) bool forward-backward check passed), for the corners of that keyframe.
+    """
+
+    corners: dict[int, np.ndarray]
+    tracked: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]]
+
+
+def track_frames(gray: np.ndarray, keys: np.ndarray, cfg: RegisterConfig, cancel: threading.Event | None = None) -> Tracks:
+    """Track every keyframe's corners into the frames that are not keyframes, from the
+    ``cfg.neighbours`` nearest keyframes (all keyframes assumed posed), on one thread.
+
+    It needs no camera, so the pipeline runs it beside the refinement, whose global
+    positioning and SIFT matching leave a core idle (issue 25); :func:`register_frames`
+    then only lifts and poses. The result equals tracking inside
+    :func:`register_frames` (Lucas-Kanade tracks each corner on its own; the corners
+    without depth are dropped afterwards instead of before).
+
+    Args:
+        gray: (M, h, w) uint8 grayscale of all M selected frames, working resolution.
+        keys: (N,) sorted positions of the keyframes among the M frames.
+        cfg: the "lk" method's settings.
+        cancel: when set, stop early (the tracks so far are returned).
+
+    Returns:
+        :class:`Tracks`.
+    """
+    keys = np.asarray(keys, np.int64)
+    out = Tracks(corners={}, tracked={})
+    for j in np.setdiff1d(np.arange(len(gray)), keys).tolist():
+        if cancel is not None and cancel.is_set():
+            break
+        for k in neighbour_keyframes(int(j), keys, cfg.neighbours):
+            if k not in out.corners:
+                out.corners[k] = detect_corners(gray[keys[k]], cfg)
+            if len(out.corners[k]):
+                out.tracked[(j, k)] = lk_forward_backward(gray[keys[k]], gray[j], out.corners[k], cfg.lk_window, cfg.lk_levels, cfg.fb_threshold_px)
+    return out
 
 
 def absolute_pose(uv: np.ndarray, xyz: np.ndarray, K: np.ndarray, size: tuple[int, int], cfg: RegisterConfig) -> tuple[np.ndarray | None, int]:
@@ -201,6 +268,7 @@ def register_frames(
     source_indices: list[int],
     cfg: RegisterConfig,
     progress: bool = False,
+    tracks: Tracks | None = None,
 ) -> NonKeyframes:
     """Pose every frame that is not a keyframe against the posed keyframes.
 
@@ -214,6 +282,9 @@ def register_frames(
         names: M names of the frames; source_indices: their M indices in the source.
         cfg: sampling, flow, RANSAC and acceptance.
         progress: show a tqdm bar (frames done / total, time left) on stderr.
+        tracks: the "lk" tracks computed beforehand (:func:`track_frames` on the same
+            ``gray``, ``keys`` and ``cfg``); the pairs it lacks (a nearest keyframe that
+            ended unposed) are tracked here.
 
     Returns:
         :class:`NonKeyframes` of the M - N other frames, in order.
@@ -238,6 +309,8 @@ def register_frames(
     def correspondences(k: int, j: int) -> tuple[np.ndarray, np.ndarray]:
         if cfg.method == "dis":
             return keyframe_correspondences(gray[keys[k]], gray[j], depth[k], K, c2w[k], cfg, dis)
+        if tracks is not None and (j, k) in tracks.tracked:
+            return lifted(tracks.corners[k], *tracks.tracked[(j, k)], depth[k], K, c2w[k])
         return tracked_correspondences(gray[keys[k]], gray[j], corners[k], depth[k], K, c2w[k], cfg)
 
     def pose_of(j: int) -> tuple[np.ndarray | None, int]:
@@ -259,7 +332,8 @@ def register_frames(
     bar = tqdm(total=len(others), desc="posing other frames", unit="frame", disable=not progress, leave=False)
     if cfg.method == "lk":
         for k in posed_keys:  # before the threads start: they only read ``corners``
-            corners[k] = keyframe_corners(gray[keys[k]], depth[k], cfg)
+            found = tracks.corners.get(k) if tracks is not None else None
+            corners[k] = keyframe_corners(gray[keys[k]], depth[k], cfg) if found is None else found[with_depth(found, depth[k])]
     # Lucas-Kanade and pycolmap's RANSAC release the GIL, so frames are posed two at a
     # time (room-walkin's 991 frames: 5.9 -> 4.3 s); one DIS instance is not shared.
     workers = cfg.threads if cfg.method == "lk" else 1

@@ -101,7 +101,7 @@ def test_parse_target_and_count():
         with pytest.raises(InputError, match="--keyframes"):
             parse_target(bad)
     cfg = KeyframeConfig()
-    assert target_count(cfg, cfg.auto_all_max) is None  # short inputs: every frame
+    assert target_count(cfg, cfg.auto_all_max) == cfg.auto_all_max  # short inputs: every frame the motion holds
     assert target_count(cfg, cfg.auto_all_max + 1) == cfg.auto_target
     assert target_count(KeyframeConfig(target="all"), 5000) is None
     assert target_count(KeyframeConfig(target=60), 229) == 60
@@ -131,6 +131,12 @@ def test_auto_takes_fewer_keyframes_of_a_slow_clip():
     assert len(choose_keyframes(fast, cfg)[0]) == cfg.auto_target
     assert len(choose_keyframes(slow, KeyframeConfig(target=80))[0]) == 80  # asked for: kept
     assert motion_count(motion, 0.0) == 300 and motion_count(np.zeros(10), 0.01) == 3
+    # a short slow clip (at most auto_all_max frames) is thinned the same way ...
+    short = KeyframeConfig(auto_all_max=300)
+    short_keys, short_motion = choose_keyframes(slow[:200], short)
+    assert len(short_keys) == motion_count(short_motion, short.auto_min_step) < 40
+    # ... while a short clip that moves more than 1 % of the width a frame keeps every frame
+    assert choose_keyframes(fast[:60], short)[0].tolist() == list(range(60))
 
 
 def test_thumbnail_keeps_the_aspect_ratio():

@@ -560,16 +560,18 @@ def scan_frames(
     first = next(items)  # an unreadable source fails here, before the progress bar shows
     size = first[3].shape[:2]
     shape = working_shape(size[0], size[1], cfg.pixel_budget, cfg.multiple)
-    names, indices, gray = [], [], []
-    bar = tqdm(total=total, desc="choosing keyframes", unit="frame", disable=not progress, leave=False)
+    names, indices, gray, sizes = [], [], [], []
+    # shown after 0.5 s: a short input is scanned before a bar could say anything useful
+    bar = tqdm(total=total, desc="choosing keyframes", unit="frame", disable=not progress, leave=False, delay=0.5)
     with bar:
         for _, name, index, image in itertools.chain([first], items):
-            if image.shape[:2] != size:
-                _check_same_size([size, image.shape[:2]], ["the first frame", name])
             names.append(name)
+            sizes.append(image.shape[:2])
             indices.append(int(index))
-            gray.append(_gray_at(image, shape))
+            if image.shape[:2] == size:
+                gray.append(_gray_at(image, shape))
             bar.update()
+    _check_same_size(sizes, names)  # every odd frame named, as load_frames does
     gray = np.stack(gray)
     thumbs = np.stack([thumbnail(g, keyframes.thumb_width) for g in gray])
     keys, motion = choose_keyframes(thumbs, keyframes)

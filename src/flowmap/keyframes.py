@@ -54,11 +54,19 @@ def check_keyframe_config(cfg: KeyframeConfig) -> None:
 
 
 def target_count(cfg: KeyframeConfig, n_frames: int) -> int | None:
-    """How many keyframes to choose out of ``n_frames``; None: every frame is a keyframe."""
+    """How many keyframes to choose out of ``n_frames`` at most; None: every frame is a
+    keyframe, without measuring the motion.
+
+    "auto" aims at every frame of an input of at most ``cfg.auto_all_max`` frames and at
+    ``cfg.auto_target`` beyond, and :func:`choose_keyframes` lowers that to what the
+    motion holds (:func:`motion_count`), so a short slow clip is scanned too.
+    """
     target = parse_target(cfg.target)
-    if target == "all" or (target == "auto" and n_frames <= cfg.auto_all_max):
+    if target == "all":
         return None
-    count = cfg.auto_target if target == "auto" else int(target)
+    if target == "auto":
+        return n_frames if n_frames <= cfg.auto_all_max else cfg.auto_target
+    count = int(target)
     return None if count >= n_frames else count
 
 
@@ -175,7 +183,9 @@ def choose_keyframes(thumbs: np.ndarray, cfg: KeyframeConfig) -> tuple[np.ndarra
     count = target_count(cfg, len(thumbs))
     if count is None:
         return np.arange(len(thumbs)), motion
-    if parse_target(cfg.target) == "auto":
+    # A short input that does not move at all keeps every frame, as before the scan
+    # covered short inputs, so that FlowMap's check names all of them as identical.
+    if parse_target(cfg.target) == "auto" and (len(thumbs) > cfg.auto_all_max or float(np.sum(motion)) > 0):
         count = min(count, motion_count(motion, cfg.auto_min_step))
     return keep_overlap(select_keyframes(motion, count), motion, cfg.max_step), motion
 

@@ -200,11 +200,12 @@ def load_keyframes(source: str | Path | Frames, config: RunConfig, timings: dict
     """The keyframes' :class:`Frames` (input resolution) and the scan that chose them.
 
     Where :func:`flowmap.keyframes.target_count` keeps every frame (``--keyframes all``,
-    or "auto" on an input of at most ``auto_all_max`` frames, counted from the folder
-    or the video's header), nothing is scanned: the frames are loaded as before issue
-    25 and the scan is None. Otherwise every selected frame is decoded once at the
-    working resolution (:func:`flowmap.frames.scan_frames`), then only the keyframes at
-    full resolution. ``timings`` receives ``keyframes_s`` and ``frames_s``.
+    or a count of at least the input's frames, counted from the folder or the video's
+    header), nothing is scanned: the frames are loaded as before issue 25 and the scan
+    is None. Otherwise ("auto", whatever the length) every selected frame is decoded
+    once at the working resolution (:func:`flowmap.frames.scan_frames`), then only the
+    keyframes at full resolution; where the motion keeps every frame the scan is None
+    too. ``timings`` receives ``keyframes_s`` and ``frames_s``.
     """
     t0 = time.perf_counter()
     total = source.n if isinstance(source, Frames) else count_frames(Path(source), config.frames)

@@ -655,3 +655,39 @@ def test_frames_written_as_they_arrive_equal_the_batch_write(tmp_path):
         assert (tmp_path / "stream" / name).read_bytes() == (tmp_path / "batch" / name).read_bytes()
     decoded = cv2.imread(str(tmp_path / "stream" / names[4]))[..., ::-1]
     assert np.abs(decoded.astype(int) - images[4]).mean() < 3  # the frame at its name, not a neighbour (30 levels apart)
+
+
+def test_other_frames_staged_during_the_refinement_are_moved_in_not_read_again(tmp_path):
+    """Images of frames that were not keyframes, encoded ahead into a staging folder,
+    are moved into the model's folder byte for byte; only the missing ones are read and
+    encoded, and the folder ends as if nothing had been staged."""
+    from flowmap.outputs.colmap import write_frame_stream, write_other_images
+    from flowmap.types import NonKeyframes
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (4, 24, 32, 3), dtype=np.uint8)
+    names = [f"{i:06d}.jpg" for i in range(4)]
+    others = NonKeyframes(
+        names=names[1:], source_indices=[1, 2, 3], positions=np.array([1, 2, 3]), c2w=np.tile(np.eye(4), (3, 1, 1)),
+        registered=np.ones(3, bool), inliers=np.full(3, 100),
+    )
+    asked: list[list[int]] = []
+
+    def read(positions):
+        asked.append(list(positions))
+        for k in positions:
+            yield Frames(images=images[k : k + 1], names=[names[k]], source=tmp_path / "clip.mp4", source_indices=[k])
+
+    plain = tmp_path / "plain"
+    write_other_images(others, read, plain, 90)
+    staged = tmp_path / "stage"
+    write_frame_stream(read([2]), staged, 90)
+    ahead = (staged / names[2]).read_bytes()
+    asked.clear()
+    out = tmp_path / "out"
+    write_other_images(others, read, out, 90, staged)
+    assert asked == [[1, 3]]  # the staged frame is not read again
+    assert not (staged / names[2]).exists() and (out / names[2]).read_bytes() == ahead
+    assert sorted(p.name for p in out.iterdir()) == names[1:]
+    for name in names[1:]:
+        assert (out / name).read_bytes() == (plain / name).read_bytes()

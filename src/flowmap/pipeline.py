@@ -64,6 +64,7 @@ from flowmap.memory import check_run_memory
 from flowmap.model.flowmap import VideoTensors
 from flowmap.optimize import fit
 from flowmap.outputs import write_outputs
+from flowmap.outputs.colmap import write_frame_stream
 from flowmap.pretrained import Pretrained
 from flowmap.refine import RefineConfig, Refinement, refine
 from flowmap.refine.depth import fit_scales
@@ -189,7 +190,10 @@ def _run_locked(
     timings, warnings = dict(rec.timings), list(rec.warnings)
     if out is not None:
         t0 = time.perf_counter()
-        _write(rec, frames, out, config, {"source": str(frames.source), **(summary or {})}, warnings, _frame_reader(source, config, scan))
+        _write(
+            rec, frames, out, config, {"source": str(frames.source), **(summary or {})}, warnings, _frame_reader(source, config, scan),
+            _stage_dir(cache, config),
+        )
         timings["outputs_s"] = time.perf_counter() - t0
         shutil.rmtree(cache, ignore_errors=True)
     timings["total_s"] = time.perf_counter() - t_start
@@ -226,10 +230,12 @@ def load_keyframes(source: str | Path | Frames, config: RunConfig, timings: dict
     return frames, scan
 
 
-def _frame_reader(source: str | Path | Frames, config: RunConfig, scan: FrameScan | None):
+def _frame_reader(source: str | Path | Frames, config: RunConfig, scan: FrameScan | None, progress: bool | None = None):
     """A function reading the selected frames at given positions one at a time, as
     single-frame :class:`Frames` (the images of the frames that were not keyframes,
-    for the outputs); None without a scan."""
+    for the outputs); None without a scan. ``progress``: show a bar (None:
+    ``config.progress``)."""
+    progress = config.progress if progress is None else progress
     if scan is None:
         return None
 
@@ -244,7 +250,7 @@ def _frame_reader(source: str | Path | Frames, config: RunConfig, scan: FrameSca
     def read(positions: list[int]):
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(positions), desc="writing other frames", unit="frame", disable=not config.progress, leave=False)
+        bar = tqdm(total=len(positions), desc="writing other frames", unit="frame", disable=not progress, leave=False)
         with bar:
             for frame in frames_at(positions):
                 yield frame
@@ -260,7 +266,7 @@ def _register(
     """Pose the frames of ``scan`` that are not keyframes (:func:`flowmap.register.register_frames`)
     with the keyframes' final cameras (c2w (N, 4, 4), K in pixels of the input frames)
     and depth (N, h, w); a warning counts those that could not be registered.
-    ``tracked``: (the grayscale frames, their tracks) from :func:`_tracking_beside`,
+    ``tracked``: (the grayscale frames, their tracks) from :func:`_beside_refinement`,
     used when the frames have the depth maps' size."""
     posed = np.ones(len(c2w), bool) if registered is None else np.asarray(registered, bool)
     K_work = K_at(K, image_size, depth.shape[1:])
@@ -287,31 +293,61 @@ def _working_gray(scan: FrameScan, shape: tuple[int, int]) -> np.ndarray:
 
 
 @contextlib.contextmanager
-def _tracking_beside(scan: FrameScan | None, shape: tuple[int, int], config: RunConfig):
-    """Inside the block, the registration's Lucas-Kanade tracks of the frames that are
-    not keyframes (:func:`flowmap.register.track_frames`, frames at ``shape``) are computed
-    on one thread beside the main one; yields a function that waits for them and returns
-    (grayscale frames, tracks), or None when there is nothing to track (no scan, or the
-    "dis" method). The tracks need no camera, and the refinement leaves a core idle for
-    about a third of its time (COLMAP's global positioning runs on one), so the thread
-    runs at nice 10 (:func:`flowmap.cores.lower_this_thread`) and mostly takes that idle
-    core. room-walkin (100 keyframes, 991 other frames; three runs each, alternating):
+def _beside_refinement(source, scan: FrameScan | None, shape: tuple[int, int], config: RunConfig, stage: Path | None):
+    """Inside the block, the work on the frames that are not keyframes that needs no
+    camera runs on one thread beside the main one: first the registration's
+    Lucas-Kanade tracks (:func:`flowmap.register.track_frames`, frames at ``shape``),
+    then, with a ``stage`` folder, their images encoded for the outputs
+    (:func:`flowmap.outputs.colmap.write_frame_stream` into ``stage``; the output stage
+    moves them in, :func:`flowmap.outputs.colmap.write_other_images`). Yields a function
+    that waits for the tracks and returns (grayscale frames, tracks), or None when there
+    is nothing to track (no scan, or the "dis" method).
+
+    The refinement leaves a core idle for about a third of its time (COLMAP's global
+    positioning runs on one), so the thread runs at nice 10
+    (:func:`flowmap.cores.lower_this_thread`) and mostly takes that idle core.
+    room-walkin (100 keyframes, 991 other frames; three runs each, alternating):
     registration after the refinement 4.2-4.3 -> 1.3-1.4 s, the run 42.5-43.4 ->
-    38.1-42.0 s. Started before FlowMap's descent instead, it slowed the descent by 2.5 s
-    (torch's two threads wait for each other at every parallel region). Leaving the block
-    early stops the tracking.
+    38.1-42.0 s. Started before FlowMap's descent instead, the tracking slowed the
+    descent by 2.5 s (torch's two threads wait for each other at every parallel
+    region). Leaving the block stops the thread at its next frame; images it did not
+    reach are encoded by the output stage as before.
     """
-    if scan is None or config.register.method != "lk":
+    if scan is None:
         yield lambda: None
         return
-    gray = _working_gray(scan, shape)
+    track = config.register.method == "lk"
+    gray = _working_gray(scan, shape) if track else None
+    others = np.setdiff1d(np.arange(scan.n), scan.keys).tolist()
+    if stage is not None:  # a killed run's half-written files must never be moved in
+        shutil.rmtree(stage, ignore_errors=True)
+        stage.mkdir(parents=True)
     cancel = threading.Event()
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="flowmap-track") as pool:
-        future = pool.submit(_in_idle_time, track_frames, gray, scan.keys, config.register, cancel)
+    read = _frame_reader(source, config, scan, progress=False)
+
+    def until_cancelled(frames):
+        for frame in frames:
+            if cancel.is_set():
+                return
+            yield frame
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="flowmap-beside") as pool:
+        tracks = pool.submit(_in_idle_time, track_frames, gray, scan.keys, config.register, cancel) if track else None
+        if stage is not None and others:
+            pool.submit(_in_idle_time, write_frame_stream, until_cancelled(read(others)), stage, config.outputs.jpeg_quality)
         try:
-            yield lambda: (gray, future.result())
+            yield (lambda: (gray, tracks.result())) if track else (lambda: None)
         finally:
-            cancel.set()  # no effect once finished; otherwise the thread stops at the next frame
+            cancel.set()  # no effect once finished; otherwise the thread stops at its next frame
+
+
+def _stage_dir(cache: Path | None, config: RunConfig) -> Path | None:
+    """Where the other frames' images are encoded ahead of the outputs
+    (``OUT.cache/frames``); None when no output will need them."""
+    outputs = config.outputs
+    if cache is None or outputs.keyframes_only or not (outputs.colmap or outputs.transforms):
+        return None
+    return cache / "frames"
 
 
 def _in_idle_time(fn, *args):
@@ -334,7 +370,7 @@ def _reconstruct(
         check_run_memory(frames, config, device)
     shape = working_shape(frames.height, frames.width, config.frames.pixel_budget, config.frames.multiple)
     fitted, data, working, solution = _flowmap(frames, shape, config, device, init, cache, timings, warnings)
-    with _tracking_beside(scan, solution.depth.shape[1:], config) as tracked:
+    with _beside_refinement(source, scan, solution.depth.shape[1:], config, _stage_dir(cache, config)) as tracked:
         rec, refined, depth = _refined(frames, solution, fitted, data, working, shape, device, config, cache, timings, warnings)
         if scan is not None:
             t0 = time.perf_counter()
@@ -500,13 +536,15 @@ def _as_reconstruction(
 
 
 def _write(
-    rec: Reconstruction, frames: Frames, out: Path, config: RunConfig, summary: dict, warnings: list[str], read_others=None
+    rec: Reconstruction, frames: Frames, out: Path, config: RunConfig, summary: dict, warnings: list[str], read_others=None,
+    staged: Path | None = None,
 ) -> None:
     """The output stage; a failed write (disk full, permissions) is one line, :class:`flowmap.errors.OutputError`
-    (no partial OUT is left; OUT.cache is kept for ``--resume``). ``read_others``: see
+    (no partial OUT is left; OUT.cache is kept for ``--resume``). ``read_others``, ``staged``: see
     :func:`flowmap.outputs.write_outputs`."""
     write_outputs(
-        rec, frames, out, config.outputs, summary=summary, overwrite=config.overwrite, warnings=warnings, read_others=read_others
+        rec, frames, out, config.outputs, summary=summary, overwrite=config.overwrite, warnings=warnings, read_others=read_others,
+        staged=staged,
     )
 
 

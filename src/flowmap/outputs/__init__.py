@@ -35,7 +35,7 @@ import numpy as np
 
 from flowmap.config import OutputConfig
 from flowmap.io import atomic_dir, atomic_write
-from flowmap.outputs.colmap import write_colmap, write_frame_stream, write_images
+from flowmap.outputs.colmap import write_colmap, write_images, write_other_images
 from flowmap.layout import write_intrinsics, write_poses
 from flowmap.outputs.nerfstudio import NERFSTUDIO_DEFAULT_DEPTH_UNIT, write_transforms
 from flowmap.outputs.ply import consistent_pixels, depth_point_cloud, write_ply
@@ -54,6 +54,7 @@ def write_outputs(
     overwrite: bool = False,
     warnings: list[str] | None = None,
     read_others: Callable[[list[int]], Iterable[Frames]] | None = None,
+    staged: Path | None = None,
 ) -> Path:
     """Write every output of a run into ``out_dir``, atomically.
 
@@ -79,6 +80,8 @@ def write_outputs(
             COLMAP model and ``transforms.json`` (not with ``cfg.keyframes_only``);
             ``summary.json`` lists the keyframes' source indices under ``keyframes``
             and the others under ``non_keyframes``.
+        staged: a folder where some of those images are already encoded (the pipeline
+            writes them while the refinement runs); they are moved in, not read again.
 
     Returns:
         ``out_dir``.
@@ -107,7 +110,7 @@ def write_outputs(
 
         read_ground_truth(Path(cfg.gt_dir))
     with atomic_dir(out_dir) as tmp:
-        extra = write_contents(rec, frames, tmp, cfg, read_others)
+        extra = write_contents(rec, frames, tmp, cfg, read_others, staged)
         timings = {**rec.timings, "outputs_s": time.perf_counter() - t0}
         write_summary(tmp / "summary.json", rec, frames, cfg, extra, timings, summary)
     if warnings is not None:
@@ -158,10 +161,11 @@ def all_poses(rec: Reconstruction, frames: Frames, keyframes_only: bool) -> tupl
 
 
 def write_contents(
-    rec: Reconstruction, frames: Frames, directory: Path, cfg: OutputConfig, read_others: Callable | None = None
+    rec: Reconstruction, frames: Frames, directory: Path, cfg: OutputConfig, read_others: Callable | None = None,
+    staged: Path | None = None,
 ) -> dict:
     """Write all files into ``directory``; return what summary.json should say about them
-    (``read_others``: see :func:`write_outputs`)."""
+    (``read_others``, ``staged``: see :func:`write_outputs`)."""
     H, W = frames.height, frames.width
     info: dict = {"warnings": [], "timings": {}}
 
@@ -211,6 +215,7 @@ def write_contents(
             others=others,
             read_others=read_others,
             keep=keep,
+            staged=staged,
         )
         info["colmap"] = {
             "images": model.num_reg_images(),
@@ -222,7 +227,7 @@ def write_contents(
         image_dir = "images"
         write_images(frames, directory / image_dir, cfg.jpeg_quality)
         if others is not None:
-            write_frame_stream(read_others(others.positions.tolist()), directory / image_dir, cfg.jpeg_quality)
+            write_other_images(others, read_others, directory / image_dir, cfg.jpeg_quality, staged)
 
     if cfg.transforms:
         start = time.perf_counter()

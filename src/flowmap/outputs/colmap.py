@@ -121,6 +121,35 @@ def write_frame_stream(stream: Iterable[Frames], directory: Path, jpeg_quality: 
     return written
 
 
+def write_other_images(
+    others: NonKeyframes,
+    read_others: Callable[[list[int]], Iterable[Frames]],
+    directory: Path,
+    jpeg_quality: int = 95,
+    staged: Path | None = None,
+) -> None:
+    """The images of the frames that were not keyframes (``others``), under their names
+    in ``directory``: a file already written under the same name in ``staged`` (by
+    :func:`write_frame_stream` with the same ``jpeg_quality``, while the refinement ran)
+    is moved in, the others are read with ``read_others`` (positions -> single-frame
+    :class:`Frames`) and encoded (:func:`write_frame_stream`).
+
+    Raises:
+        OSError: a file could not be moved or written.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    todo = []
+    for name, position in zip(others.names, others.positions.tolist()):
+        ready = None if staged is None else Path(staged) / name
+        if ready is not None and ready.is_file():
+            shutil.move(ready, directory / name)  # a rename: OUT.cache lies beside OUT
+        else:
+            todo.append(position)
+    if todo:
+        write_frame_stream(read_others(todo), directory, jpeg_quality)
+
+
 def colmap_camera(K: np.ndarray, width: int, height: int) -> pycolmap.Camera:
     """A PINHOLE camera from OpenCV-convention intrinsics (principal point shifted +0.5).
 
@@ -252,6 +281,7 @@ def write_colmap(
     others: NonKeyframes | None = None,
     read_others: Callable[[list[int]], Iterable[Frames]] | None = None,
     keep: np.ndarray | None = None,
+    staged: Path | None = None,
 ) -> pycolmap.Reconstruction:
     """Write a COLMAP model of the reconstruction: ``images/`` and ``sparse/0/``.
 
@@ -278,6 +308,8 @@ def write_colmap(
             so that their images are written without holding them all in memory.
         keep: the pixels the points are drawn from, as ``depth_point_cloud``'s (None:
             computed there).
+        staged: a folder holding some of ``others``' images already encoded
+            (:func:`write_other_images`), or None.
 
     Returns:
         The pycolmap model that was written.
@@ -294,7 +326,7 @@ def write_colmap(
     model = build_reconstruction(rec, list(frames.names), (frames.height, frames.width), xyz, rgb, rel_tol)
     if others is not None and others.n:
         add_posed_images(model, others.names, others.c2w)
-        write_frame_stream(read_others(others.positions.tolist()), directory / "images", jpeg_quality)
+        write_other_images(others, read_others, directory / "images", jpeg_quality, staged)
     sparse = directory / "sparse" / "0"
     sparse.mkdir(parents=True, exist_ok=True)
     model.write(sparse)

@@ -80,7 +80,7 @@ def lower_this_thread(nice: int) -> bool:
     thread now runs at ``nice`` or lower.
 
     For work beside the main stages that should only take the cores they leave idle (the
-    registration's tracks beside FlowMap and the refinement, issue 25): at nice 10 the
+    other frames' tracks and images beside the refinement, issue 25): at nice 10 the
     kernel gives such a thread about a tenth of a core the main threads want.
     """
     if not sys.platform.startswith("linux"):

@@ -195,7 +195,7 @@ def track_frames(gray: np.ndarray, keys: np.ndarray, cfg: RegisterConfig, cancel
     ``cfg.neighbours`` nearest keyframes (all keyframes assumed posed), on one thread.
 
     It needs no camera, so the pipeline runs it beside the refinement, whose global
-    positioning and SIFT matching leave a core idle (issue 25); :func:`register_frames`
+    positioning leaves a core idle (issue 25); :func:`register_frames`
     then only lifts and poses. The result equals tracking inside
     :func:`register_frames` (Lucas-Kanade tracks each corner on its own; the corners
     without depth are dropped afterwards instead of before).

@@ -24,6 +24,19 @@ def _induced_flow(depth, K, c2w_i, c2w_j):
     return (uv - np.stack([u.ravel(), v.ravel()], 1)).reshape(h, w, 2).astype(np.float32)
 
 
+def _open3d_available() -> bool:
+    try:
+        import open3d  # noqa: F401
+    except ImportError:  # not installed, or (Debian) the system's libusb-1.0 missing
+        return False
+    return True
+
+
+def _needs_open3d():
+    """Open3D for the surface fill's tests (in the test extra; CI checks that it imports)."""
+    pytest.importorskip("open3d", reason="the surface fill needs Open3D (pip install -e '.[test]'; on Debian apt-get install libusb-1.0-0)")
+
+
 def _sparse_points(depth, K, c2w, count=300, seed=0):
     """World points at random pixels of each true depth map (a stand-in for the adjusted points)."""
     rng = np.random.default_rng(seed)
@@ -90,6 +103,7 @@ def test_dense_depth_on_the_synthetic_scene_matches_the_truth(rendered, method):
     assert np.median(rel[confident]) < 0.03
     assert np.median(rel) < 0.08
     assert np.all(out.depth > 0)
+    assert out.stats["surface"]["applied"] is _open3d_available()  # else: skipped, with the reason
 
 
 def test_stereo_from_wrong_cameras_is_rejected(rendered):
@@ -123,6 +137,7 @@ def test_pure_rotation_video_keeps_the_fill():
     out = dense_depth(images, c2w, K, depth[:, ::2, ::2].copy(), _sparse_points(depth, K, c2w), DenseConfig(min_angle_deg=0.0))
     assert out.confidence.max() < 0.05
     assert out.stats["confident_fraction"] == 0.0
+    assert out.stats["surface"]["applied"] is False  # no surface through no confident pixel
 
 
 def test_fill_chooses_the_base_that_predicts_held_out_points():
@@ -230,3 +245,132 @@ def test_outputs_write_the_dense_maps_and_points(tmp_path):
     assert all(np.isclose(np.linalg.norm(dense.points_xyz - p, axis=1), 0, atol=1e-5).any() for p in cloud.vertices)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["depth"]["resolution"] == [h, w]
+
+
+# --- the surface fill (flowmap.dense.surface) ----------------------------------------
+
+
+def _plane_depth(u, v, K, normal, offset):
+    """z-depth of the plane normal . X = offset seen by a camera at the origin (OpenCV axes)."""
+    rays = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(u, dtype=np.float64)], -1)
+    return offset / (rays @ normal)
+
+
+def test_inverse_plane_fit_is_exact_and_robust():
+    """Samples of two planes' inverse depth (affine in the image): without outliers each
+    region's fit is exact; with 20 % of the samples 30-100 % off, least squares is
+    is pulled by over 10 % and the reweighted fit stays within 3 % of the plane (a fifth
+    of that), with every outlier's residual above the threshold."""
+    from flowmap.dense.surface import fit_inverse_planes
+
+    rng = np.random.default_rng(0)
+    u, v = rng.uniform(0, 100, 2000), rng.uniform(0, 80, 2000)
+    labels = (u > 50).astype(int)
+    A = np.stack([u, v, np.ones_like(u)], 1)
+    coef_true = np.array([[1e-3, -2e-3, 0.5], [-4e-3, 1e-3, 0.9]])
+    inv = np.einsum("pk,pk->p", A, coef_true[labels])
+    coef, resid = fit_inverse_planes(labels, 2, u, v, inv, np.ones(2000), 0.05, 5)
+    np.testing.assert_allclose(coef, coef_true, rtol=1e-8, atol=1e-12)
+    assert resid.max() < 1e-8
+    outlier = rng.random(2000) < 0.2
+    inv_obs = np.where(outlier, inv * rng.uniform(1.3, 2.0, 2000), inv)
+
+    def worst(c):
+        return np.max(np.abs(np.einsum("pk,pk->p", A, c[labels]) - inv) / inv)
+
+    plain, _ = fit_inverse_planes(labels, 2, u, v, inv_obs, np.ones(2000), 0.05, 1)
+    robust, resid = fit_inverse_planes(labels, 2, u, v, inv_obs, np.ones(2000), 0.05, 10)
+    assert worst(plain) > 0.1 and worst(robust) < min(0.03, 0.2 * worst(plain))
+    assert np.all(resid[outlier] > 0.05)
+
+
+def test_a_textureless_panel_takes_the_plane_through_its_seams():
+    """A tilted wall whose panel interior has no confident pixel, only two crossing seams
+    (and a surface 20 % too deep, a weak prior): the panels get the true plane (within
+    1 %, where the surface alone is 20 % off) and are constrained; with one straight seam only, it is not constrained (a line does not fix
+    the plane's tilt about it)."""
+    from flowmap.dense.surface import segment_planes
+
+    h, w = 60, 80
+    K = np.array([[70.0, 0, (w - 1) / 2], [0, 70.0, (h - 1) / 2], [0, 0, 1]])
+    v, u = np.mgrid[0:h, 0:w]
+    truth = _plane_depth(u, v, K, np.array([0.3, -0.1, 1.0]) / np.linalg.norm([0.3, -0.1, 1.0]), 3.0)
+    labels = np.zeros((h, w), int)
+    labels[:, 40:] = 1  # two panels side by side
+    seams = (np.abs(u - 20) <= 1) | (np.abs(v - 30) <= 1) | (np.abs(u - 60) <= 1)
+    labels[seams] = 2  # the seams are their own thin region
+    depth, kept, constrained = segment_planes(labels, truth, seams, 1.2 * truth, 0.01, 2)
+    panel = labels < 2
+    assert kept[panel].all() and constrained[panel].all()
+    assert np.max(np.abs(depth[panel] - truth[panel]) / truth[panel]) < 0.01
+    one_seam = np.abs(u - 20) <= 1
+    _, kept, constrained = segment_planes(np.where(one_seam, 2, 0), truth, one_seam, 1.2 * truth, 0.01, 2)
+    assert not constrained[~one_seam].any()
+
+
+def test_surface_fill_recovers_low_texture_depth_across_frames():
+    """Rendered orbit, true cameras; stereo confident only on the strongest edges (15 % of
+    the pixels, true depth there) and a flat wrong fill elsewhere (as on white walls): the
+    video's surface and the region planes bring the other pixels to within 2 % (median),
+    from over 20 %, and the confident pixels keep their depth (all but a few on depth
+    edges, which are off both their region's plane and the smoothed surface)."""
+    import cv2
+
+    from flowmap.dense.surface import surface_fill
+
+    _needs_open3d()
+    scene = make_scene(n_frames=12, height=96, width=128, path="orbit")
+    grad = np.stack([np.hypot(cv2.Sobel(g, cv2.CV_32F, 1, 0), cv2.Sobel(g, cv2.CV_32F, 0, 1))
+                     for g in (cv2.cvtColor(im, cv2.COLOR_RGB2GRAY) for im in scene.images)])
+    confident = grad >= np.quantile(grad, 0.85)
+    flat = np.where(confident, scene.depth, np.median(scene.depth)).astype(np.float32)
+    cfg = DenseConfig(surface_octree_depth=8, segment_min_px=40)
+    out, source, stats = surface_fill(flat, confident, scene.images, scene.K, scene.c2w, cfg)
+    rel_before = np.abs(flat - scene.depth) / scene.depth
+    rel = np.abs(out - scene.depth) / scene.depth
+    assert np.median(rel_before[~confident]) > 0.2
+    assert np.median(rel[~confident]) < 0.02
+    assert np.mean(out[confident] == flat[confident]) > 0.99
+    assert (source[~confident] > 0).mean() > 0.9 and stats["round1_points"] > stats["round0_points"]
+
+
+def test_without_open3d_the_stage_keeps_its_fill_and_says_why(rendered, monkeypatch):
+    """Open3D missing: one clear error from the surface module, and the dense stage still
+    returns its maps with the reason in its statistics (the pipeline turns it into a warning)."""
+    import sys
+
+    from flowmap.dense.surface import OPEN3D_HINT, open3d
+    from flowmap.errors import InputError
+
+    monkeypatch.setitem(sys.modules, "open3d", None)
+    with pytest.raises(InputError, match=r"flowmap\[dense\]"):
+        open3d()
+    scene = rendered
+    flat = np.full((16, 48, 64), float(np.median(scene.depth)), np.float32)
+    out = dense_depth(scene.images[:6], scene.c2w[:6], scene.K, flat[:6], _sparse_points(scene.depth[:6], scene.K, scene.c2w[:6]), DenseConfig(window=4))
+    assert out.stats["surface"]["applied"] is False and OPEN3D_HINT in out.stats["surface"]["skipped"]
+    assert np.all(out.depth > 0)
+
+
+def test_a_surface_that_contradicts_the_adjusted_points_is_not_kept(rendered, monkeypatch):
+    """The surface fill is kept only where it agrees with the adjusted points at least as
+    well as the per-frame fill: a surface 50 % too deep (as the few, wrong confident pixels
+    of a rotation-dominant video give) is dropped and the maps are the per-frame fill's."""
+    import flowmap.dense as dense_module
+    from flowmap.dense.surface import surface_fill
+
+    scene = rendered
+    flat = np.full((16, 48, 64), float(np.median(scene.depth)), np.float32)
+    pts = _sparse_points(scene.depth, scene.K, scene.c2w)
+    args = (scene.images[:8], scene.c2w[:8], scene.K, flat[:8], pts[:8])
+    without = dense_depth(*args, DenseConfig(window=4, surface=False))
+
+    def too_deep(depth, confident, *rest):
+        out, source, stats = surface_fill(depth, confident, *rest) if _open3d_available() else (depth, np.zeros(depth.shape, np.uint8), {})
+        return np.where(confident, depth, 1.5 * out), source, stats
+
+    monkeypatch.setattr(dense_module, "surface_fill", too_deep)
+    out = dense_depth(*args, DenseConfig(window=4))
+    assert out.stats["surface"]["applied"] and not out.stats["surface"]["kept"]
+    assert out.stats["surface"]["points_error"] > out.stats["surface"]["points_error_without"]
+    np.testing.assert_array_equal(out.depth, without.depth)

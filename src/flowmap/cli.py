@@ -45,6 +45,10 @@ INIT_HELP = (
     "none (random weights) | PATH (a checkpoint of flowmap train)."
 )
 INIT = typer.Option("default", help=INIT_HELP)
+DEPTH_SCALE = typer.Option(
+    0.0,
+    help="Multi-view dense depth (flowmap.dense, after the refinement) at this resolution relative to the input frames: 0.5 half, 1 full; 0 (default): none, the network's depth corrected to the refined points at the working resolution. Its surface fill needs Open3D: pip install 'flowmap[dense]'.",
+)
 SCRATCH_STEPS = 100
 """Descent steps without --steps when the networks start from random weights (--init none);
 from the shipped network (the default) OptimConfig's 10 (see its docstring)."""
@@ -106,6 +110,7 @@ def _run_config(
     finetune_steps: Optional[int] = None,
     keyframes: str = "auto",
     keyframes_only: bool = False,
+    depth_scale: float = 0.0,
 ):
     """The flags of ``run`` / ``demo`` / ``bench`` / ``batch`` as a :class:`flowmap.config.RunConfig`."""
     from flowmap.config import RunConfig
@@ -132,6 +137,9 @@ def _run_config(
         if finetune_steps < 0:
             raise InputError(f"--finetune-steps must be >= 0, got {finetune_steps}")
         cfg.finetune = replace(cfg.finetune, steps=finetune_steps)
+    if not (depth_scale == 0 or 0.05 <= depth_scale <= 1):
+        raise InputError(f"--depth-scale must be 0 (no dense stage) or between 0.05 and 1, got {depth_scale}")
+    cfg.dense = replace(cfg.dense, enabled=depth_scale > 0, scale=depth_scale or cfg.dense.scale)
     return cfg
 
 
@@ -201,9 +209,7 @@ def run(
     finetune_steps: int = typer.Option(
         0, help="Steps of depth fine-tuning with the refined cameras held fixed (0: off; the refinement's correction field makes the depth agree with the cameras)."
     ),
-    depth_scale: float = typer.Option(
-        0.0, help="Multi-view dense depth (flowmap.dense, after the refinement) at this resolution relative to the input frames: 0.5 half, 1 full; 0 (default): none, the network's depth corrected to the refined points at the working resolution."
-    ),
+    depth_scale: float = DEPTH_SCALE,
     quiet: bool = typer.Option(False, help="No progress bars."),
     debug: bool = typer.Option(False, help="Show tracebacks."),
 ):
@@ -213,11 +219,8 @@ def run(
 
         cfg = _run_config(
             max_frames, stride, pixel_budget, focal, steps, device, seed, quiet, overwrite, resume, colmap_text, gt,
-            refine, camera_model, threads, init, finetune_steps, keyframes, write_keyframes_only,
+            refine, camera_model, threads, init, finetune_steps, keyframes, write_keyframes_only, depth_scale,
         )
-        if not (depth_scale == 0 or 0.05 <= depth_scale <= 1):
-            raise InputError(f"--depth-scale must be 0 (no dense stage) or between 0.05 and 1, got {depth_scale}")
-        cfg.dense = replace(cfg.dense, enabled=depth_scale > 0, scale=depth_scale or cfg.dense.scale)
         _interrupt_on_sigterm()
         result = run_pipeline(source, out, cfg, summary={"command": " ".join(sys.argv)})
         for warning in result.warnings:
@@ -369,6 +372,7 @@ def bench(
     colmap_threads: int = typer.Option(-1, help="CPU threads COLMAP may use (-1: all)."),
     refine: str = typer.Option("fast", help=REFINE_HELP),
     init: str = INIT,
+    depth_scale: float = DEPTH_SCALE,
     debug: bool = typer.Option(False, help="Show tracebacks."),
 ):
     """Run flowmap and COLMAP on the same frames; print a table and write bench.json.
@@ -381,7 +385,7 @@ def bench(
         from flowmap.bench import run_bench
 
         _interrupt_on_sigterm()
-        cfg = _run_config(steps=steps, device=device, quiet=True, refine=refine, init=init)
+        cfg = _run_config(steps=steps, device=device, quiet=True, refine=refine, init=init, depth_scale=depth_scale)
         mappers = ("incremental",) if no_global else ("incremental", "global")
         colmap_cfg = ColmapConfig(matcher=matcher, num_threads=colmap_threads)
         results = run_bench(

@@ -55,6 +55,7 @@ from flowmap.cores import lower_this_thread
 from flowmap.correspondences.cache import load_or_compute
 from flowmap.correspondences.flow import resolve_scale
 from flowmap.dense import dense_depth
+from flowmap.dense.surface import OPEN3D_HINT
 from flowmap.errors import DegenerateInputError, FlowmapError
 from flowmap.finetune import FinetuneResult, finetune_depth
 from flowmap.frames import count_frames, iter_frames, load_frames, scan_frames
@@ -467,7 +468,10 @@ def _dense(rec: Reconstruction, frames: Frames, depth: np.ndarray, refined: Refi
     timings["dense_s_per_frame"] = timings["dense_s"] / max(rec.n, 1)
     refinement = {**rec.refinement, "dense": dense.stats, "depth_agreement_network": rec.refinement.get("depth_agreement")}
     refinement["depth_agreement"] = depth_agreement(refined, dense.depth, rec.image_size)
-    return replace(rec, dense=dense, refinement=refinement)
+    warnings = list(rec.warnings)
+    if OPEN3D_HINT in str(dense.stats.get("surface", {}).get("skipped", "")):
+        warnings.append(f"dense depth without its surface fill: {OPEN3D_HINT}")
+    return replace(rec, dense=dense, refinement=refinement, warnings=warnings)
 
 
 def _refine(

@@ -18,7 +18,15 @@ neighbours and of cached flows):
    ``max_point_disagreement`` (median relative: cameras too inaccurate for stereo, e.g.
    rolling shutter under fast rotation) keeps the fill alone, as does a frame with
    fewer than ``min_confident_fraction`` confident pixels;
-5. the fused point cloud of the confident pixels, each surface once.
+5. surface fill (:mod:`flowmap.dense.surface`, with ``surface`` and at least
+   ``surface_min_confident`` of the pixels confident): one surface through the
+   confident pixels of the whole video and a plane per image region replace the fill
+   wherever they reach (low-texture walls and floors, where stereo is confident only on
+   edges); confident pixels keep their stereo depth. The result is kept when its median
+   relative difference from the adjusted points (:func:`points_error`, all frames) is no
+   larger than the per-frame fill's (on rotation-dominant video the few confident pixels
+   can be wrong, and a surface through them would spread their error);
+6. the fused point cloud of the confident pixels, each surface once.
 
 Conventions: OpenCV camera axes, c2w camera-to-world, z-depth in the cameras' units,
 pixel centres at integer coordinates, K in pixels of the input frames (rescaled with
@@ -37,7 +45,9 @@ from flowmap.dense.config import DenseConfig
 from flowmap.dense.fill import choose_fill, corrected_base, propagate, seed_points
 from flowmap.dense.fuse import fuse_estimates, fused_points
 from flowmap.dense.neighbours import choose_neighbours
+from flowmap.dense.surface import surface_fill
 from flowmap.dense.sweep import sweep_depth
+from flowmap.errors import InputError
 from flowmap.dense.triangulate import PairFlow, epipolar_gradient, fb_error, triangulate_flow
 from flowmap.refine.depth import sample_depth
 from flowmap.types import DenseDepth
@@ -67,6 +77,19 @@ def point_disagreement(depth: np.ndarray, use: np.ndarray, K: np.ndarray, c2w: n
     if len(z_point) < min_count:
         return 0.0
     return float(np.median(np.abs(z_map - z_point) / z_point))
+
+
+def points_error(depth: np.ndarray, K: np.ndarray, c2w: np.ndarray, points: list[np.ndarray]) -> float:
+    """Median over all frames of |d - z| / z between the depth maps (N, h, w) (K in their
+    pixels, c2w (N, 4, 4)) and the adjusted points each frame observes (z: the point's
+    depth, d: the map's at its nearest pixel; :func:`flowmap.refine.depth.sample_depth`);
+    NaN without any such point."""
+    errors = []
+    for d, pose, pts in zip(depth, c2w, points):
+        z_point, z_map = sample_depth(np.where(d > 0, d, np.nan), pose, K, np.asarray(pts, np.float64).reshape(-1, 3))
+        errors.append(np.abs(z_map - z_point) / z_point)
+    errors = np.concatenate(errors) if errors else np.zeros(0)
+    return float(np.median(errors)) if len(errors) else float("nan")
 
 
 def merge_fill(
@@ -144,6 +167,28 @@ def frame_depth(
     return fuse_estimates(np.stack(depths), np.stack(errors), np.stack(valid), config.agree_tol, config.max_rel_err)
 
 
+def _with_surface(
+    depth: np.ndarray, conf: np.ndarray, colours: np.ndarray, K: np.ndarray, c2w: np.ndarray, config: DenseConfig,
+    usable: np.ndarray | None,
+) -> tuple[np.ndarray, dict]:
+    """The depth maps with the surface fill (:func:`flowmap.dense.surface.surface_fill`)
+    where ``config.surface`` asks for it and enough pixels are confident, and what it did
+    (``applied``; ``skipped``: why not)."""
+    if not config.surface:
+        return depth, {"applied": False, "skipped": "off"}
+    posed = np.ones(len(depth), bool) if usable is None else np.asarray(usable, bool)
+    confident = (conf >= config.min_confidence) & posed[:, None, None]
+    fraction = float(confident[posed].mean()) if posed.any() else 0.0
+    if fraction < config.surface_min_confident:
+        return depth, {"applied": False, "skipped": f"{fraction:.1%} of the pixels confident, under {config.surface_min_confident:.0%}"}
+    try:
+        filled, source, stats = surface_fill(depth, confident, colours, K, c2w, config, posed)
+    except InputError as exc:
+        return depth, {"applied": False, "skipped": str(exc)}
+    from_plane, from_surface = float(np.mean(source[posed] == 2)), float(np.mean(source[posed] == 1))
+    return filled, {"applied": True, **stats, "plane_fraction": from_plane, "surface_fraction": from_surface}
+
+
 def dense_depth(
     images: np.ndarray,
     c2w: np.ndarray,
@@ -200,6 +245,7 @@ def dense_depth(
 
     depth = np.zeros((n, *shape), np.float32)
     conf = np.zeros((n, *shape), np.float32)
+    stereo = np.zeros((n, *shape), np.float32)
     rejected: list[int] = []
     colours = np.zeros((n, *shape, 3), np.uint8)
     for i in tqdm(range(n), desc="dense depth", unit="frame", disable=not progress, leave=False):
@@ -226,8 +272,21 @@ def dense_depth(
         if point_disagreement(z, c > 0, K_out, c2w[i], points[i]) > config.max_point_disagreement:
             rejected.append(i)  # the stereo depth contradicts the adjusted points: cameras that do not support stereo here
             continue
-        depth[i] = merge_fill(z, c, use, base, fill_work[i], colours[i], c2w[i], K_out, K_work, points[i], config)
+        stereo[i] = np.where(use, z, 0.0)
         conf[i] = c
+    confident = (conf >= config.min_confidence) & (stereo > 0)
+    filled, surface_stats = _with_surface(np.where(confident, stereo, depth), conf, colours, K_out, c2w, config, usable)
+    for i in np.flatnonzero(confident.reshape(n, -1).any(axis=1)):  # each frame's fill, refitted and spread from its confident pixels
+        depth[i] = merge_fill(
+            stereo[i], conf[i], confident[i], depth[i], fill_work[i], colours[i], c2w[i], K_out, K_work, points[i], config
+        )
+    if surface_stats["applied"]:
+        # the surface fill only where it agrees with the adjusted points at least as well as the
+        # per-frame fill (on rotation-dominant video the confident pixels themselves can be wrong)
+        with_surface, without = points_error(filled, K_out, c2w, points), points_error(depth, K_out, c2w, points)
+        surface_stats.update(points_error=with_surface, points_error_without=without, kept=bool(with_surface <= without))
+        if with_surface <= without:
+            depth = filled
     t_ply = time.perf_counter()
     xyz, rgb = fused_points(depth, conf, colours, K_out, c2w, config.min_confidence, config.ply_tol, config.window, config.ply_stride)
     seconds = time.perf_counter() - t0
@@ -243,5 +302,6 @@ def dense_depth(
         "fill_chosen": {k: chosen.count(k) for k in sorted(set(chosen))},
         "frames_rejected": len(rejected),
         "points": int(len(xyz)),
+        "surface": surface_stats,
     }
     return DenseDepth(depth=depth, confidence=conf, images=colours, points_xyz=xyz, points_rgb=rgb, fill=chosen, stats=stats)

@@ -17,10 +17,9 @@ class DenseConfig:
     Resolution and neighbours:
         enabled: run the stage after the refinement (False: the written depth is the
             network's, corrected to the adjusted points, at the working resolution).
-            Off by default (``--depth-scale 0.5`` turns it on): it costs 0.21-0.29 s per
-            frame at 320 x 240, which would take fox's whole run from 1.0x to about 1.8x
-            COLMAP's time (issue 23's bars), and it does not yet meet issue 26's bars on
-            tartanair-hospital and tum-rpy (see the README).
+            Off by default (``--depth-scale 0.5`` turns it on): it costs 0.42-0.45 s per
+            frame at 320 x 240 on long videos and up to 1 s on short ones (the surface's
+            fixed cost), against issue 26's 0.3 s, and more than the rest of a fox run.
         scale: output resolution relative to the input frames (0.5: 320 x 240 for
             640 x 480 input; 1.0: full resolution).
         neighbours: neighbours per frame whose flow is triangulated (2-4 sensible).
@@ -78,6 +77,25 @@ class DenseConfig:
         smooth_lambda, smooth_sigma: strength and colour bandwidth (grey levels) of
             that smoothing (OpenCV's Fast Global Smoother).
 
+    Surface fill (:mod:`flowmap.dense.surface`; needs Open3D, ``flowmap[dense]``):
+        surface: replace the fill by the video's surface and per-region planes where
+            they reach (confident pixels keep their stereo depth).
+        surface_min_confident: the fill is used only when at least this fraction of
+            the posed frames' pixels is confident (a rotation-dominant video has almost
+            none, and a surface through them would be worse than the fill).
+        surface_rounds: surface -> planes rounds (the constrained planes of one round
+            join the confident pixels in the next round's surface).
+        surface_stride: every ``surface_stride``-th pixel per axis enters the surface.
+        surface_octree_depth: Poisson's octree depth (10: 1024 cells across the scene).
+        surface_trim: fraction of the surface's least-supported vertices removed.
+        surface_weight: weight of a rendered-surface pixel against a confident one in a
+            region's plane fit.
+        surface_outlier: a confident pixel whose stereo depth is further than this
+            (relative) from both its region's kept plane and the surface takes the plane.
+        segment_sigma, segment_k, segment_min_px: the image regions (Felzenszwalb-
+            Huttenlocher: pre-smoothing, merging scale, smallest region in pixels).
+        segment_border_px: confident pixels this close to a region count for its plane.
+
     Point cloud (:func:`flowmap.dense.fuse.fused_points`):
         ply_tol: a confident pixel whose point an earlier frame (within ``window``)
             already holds within this relative depth is not written again.
@@ -116,6 +134,18 @@ class DenseConfig:
     smooth_sigma: float = 8.0
     ply_tol: float = 0.03
     ply_stride: int = 1
+    surface: bool = True
+    surface_min_confident: float = 0.02
+    surface_rounds: int = 2
+    surface_stride: int = 2
+    surface_octree_depth: int = 10
+    surface_trim: float = 0.02
+    surface_weight: float = 0.01
+    surface_outlier: float = 0.1
+    segment_sigma: float = 0.8
+    segment_k: float = 300.0
+    segment_min_px: int = 100
+    segment_border_px: int = 2
 
     def __post_init__(self) -> None:
         if not 0.05 <= self.scale <= 1.0:
@@ -128,5 +158,10 @@ class DenseConfig:
             raise ValueError(f"dense method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if self.planes < 3 or self.window_px < 3 or self.window_px % 2 == 0:
             raise ValueError(f"dense planes must be >= 3 and window_px odd >= 3, got {self.planes} and {self.window_px}")
+        if self.surface_rounds < 1 or self.surface_stride < 1 or not 5 <= self.surface_octree_depth <= 12:
+            raise ValueError(
+                f"dense surface_rounds and surface_stride must be >= 1 and surface_octree_depth in [5, 12], got "
+                f"{self.surface_rounds}, {self.surface_stride}, {self.surface_octree_depth}"
+            )
         if self.fill not in FILLS:
             raise ValueError(f"dense fill must be one of {', '.join(FILLS)}, got {self.fill!r}")

@@ -25,7 +25,8 @@ neighbours and of cached flows):
    edges); confident pixels keep their stereo depth. The result is kept when its median
    relative difference from the adjusted points (:func:`points_error`, all frames) is no
    larger than the per-frame fill's (on rotation-dominant video the few confident pixels
-   can be wrong, and a surface through them would spread their error);
+   can be wrong, and a surface through them would spread their error; without any
+   adjusted point to compare with, the per-frame fill is kept);
 6. the fused point cloud of the confident pixels, each surface once.
 
 Conventions: OpenCV camera axes, c2w camera-to-world, z-depth in the cameras' units,
@@ -47,8 +48,8 @@ from flowmap.dense.fuse import fuse_estimates, fused_points
 from flowmap.dense.neighbours import choose_neighbours
 from flowmap.dense.surface import surface_fill
 from flowmap.dense.sweep import sweep_depth
-from flowmap.errors import InputError
 from flowmap.dense.triangulate import PairFlow, epipolar_gradient, fb_error, triangulate_flow
+from flowmap.errors import InputError
 from flowmap.refine.depth import sample_depth
 from flowmap.types import DenseDepth
 

@@ -79,7 +79,9 @@ class DenseConfig:
 
     Surface fill (:mod:`flowmap.dense.surface`; needs Open3D, ``flowmap[dense]``):
         surface: replace the fill by the video's surface and per-region planes where
-            they reach (confident pixels keep their stereo depth).
+            they reach (confident pixels keep their stereo depth), if the result agrees
+            with the adjusted points at least as well as the per-frame fill
+            (:func:`flowmap.dense.points_error`).
         surface_min_confident: the fill is used only when at least this fraction of
             the posed frames' pixels is confident (a rotation-dominant video has almost
             none, and a surface through them would be worse than the fill).

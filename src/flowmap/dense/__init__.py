@@ -69,27 +69,25 @@ def _resize(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return cv2.resize(image, (w, h), interpolation=interp)
 
 
-def point_disagreement(depth: np.ndarray, use: np.ndarray, K: np.ndarray, c2w: np.ndarray, points: np.ndarray, min_count: int = 10) -> float:
-    """Median |d - z| / z between a frame's depth map (h, w) on pixels ``use`` and the
-    adjusted points it observes (P, 3) at their nearest pixels (z: the point's depth,
-    K in pixels of the map, c2w (4, 4); :func:`flowmap.refine.depth.sample_depth`);
-    0 with fewer than ``min_count`` such pixels."""
+def point_errors(depth: np.ndarray, use: np.ndarray, K: np.ndarray, c2w: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """|d - z| / z between a frame's depth map (h, w) on pixels ``use`` and the adjusted
+    points it observes (P, 3) at their nearest pixels (z: the point's depth, d: the map's;
+    K in pixels of the map, c2w (4, 4); :func:`flowmap.refine.depth.sample_depth`), one
+    value per point that lands on such a pixel."""
     z_point, z_map = sample_depth(np.where(use, depth, np.nan), c2w, K, np.asarray(points, np.float64).reshape(-1, 3))
-    if len(z_point) < min_count:
-        return 0.0
-    return float(np.median(np.abs(z_map - z_point) / z_point))
+    return np.abs(z_map - z_point) / z_point
+
+
+def point_disagreement(depth: np.ndarray, use: np.ndarray, K: np.ndarray, c2w: np.ndarray, points: np.ndarray, min_count: int = 10) -> float:
+    """Median of :func:`point_errors` of one frame; 0 with fewer than ``min_count`` points."""
+    errors = point_errors(depth, use, K, c2w, points)
+    return float(np.median(errors)) if len(errors) >= min_count else 0.0
 
 
 def points_error(depth: np.ndarray, K: np.ndarray, c2w: np.ndarray, points: list[np.ndarray]) -> float:
-    """Median over all frames of |d - z| / z between the depth maps (N, h, w) (K in their
-    pixels, c2w (N, 4, 4)) and the adjusted points each frame observes (z: the point's
-    depth, d: the map's at its nearest pixel; :func:`flowmap.refine.depth.sample_depth`);
-    NaN without any such point."""
-    errors = []
-    for d, pose, pts in zip(depth, c2w, points):
-        z_point, z_map = sample_depth(np.where(d > 0, d, np.nan), pose, K, np.asarray(pts, np.float64).reshape(-1, 3))
-        errors.append(np.abs(z_map - z_point) / z_point)
-    errors = np.concatenate(errors) if errors else np.zeros(0)
+    """Median of :func:`point_errors` pooled over all frames (depth (N, h, w), its
+    positive pixels; c2w (N, 4, 4)); NaN without any such point."""
+    errors = np.concatenate([np.zeros(0)] + [point_errors(d, d > 0, K, pose, pts) for d, pose, pts in zip(depth, c2w, points)])
     return float(np.median(errors)) if len(errors) else float("nan")
 
 
@@ -169,16 +167,16 @@ def frame_depth(
 
 
 def _with_surface(
-    depth: np.ndarray, conf: np.ndarray, colours: np.ndarray, K: np.ndarray, c2w: np.ndarray, config: DenseConfig,
+    depth: np.ndarray, confident: np.ndarray, colours: np.ndarray, K: np.ndarray, c2w: np.ndarray, config: DenseConfig,
     usable: np.ndarray | None,
 ) -> tuple[np.ndarray, dict]:
     """The depth maps with the surface fill (:func:`flowmap.dense.surface.surface_fill`)
-    where ``config.surface`` asks for it and enough pixels are confident, and what it did
-    (``applied``; ``skipped``: why not)."""
+    where ``config.surface`` asks for it and enough of the posed frames' pixels are
+    ``confident``, and what it did (``applied``; ``skipped``: why not)."""
     if not config.surface:
         return depth, {"applied": False, "skipped": "off"}
     posed = np.ones(len(depth), bool) if usable is None else np.asarray(usable, bool)
-    confident = (conf >= config.min_confidence) & posed[:, None, None]
+    confident = confident & posed[:, None, None]
     fraction = float(confident[posed].mean()) if posed.any() else 0.0
     if fraction < config.surface_min_confident:
         return depth, {"applied": False, "skipped": f"{fraction:.1%} of the pixels confident, under {config.surface_min_confident:.0%}"}
@@ -276,7 +274,7 @@ def dense_depth(
         stereo[i] = np.where(use, z, 0.0)
         conf[i] = c
     confident = (conf >= config.min_confidence) & (stereo > 0)
-    filled, surface_stats = _with_surface(np.where(confident, stereo, depth), conf, colours, K_out, c2w, config, usable)
+    filled, surface_stats = _with_surface(np.where(confident, stereo, depth), confident, colours, K_out, c2w, config, usable)
     for i in np.flatnonzero(confident.reshape(n, -1).any(axis=1)):  # each frame's fill, refitted and spread from its confident pixels
         depth[i] = merge_fill(
             stereo[i], conf[i], confident[i], depth[i], fill_work[i], colours[i], c2w[i], K_out, K_work, points[i], config

@@ -197,14 +197,12 @@ def segment_planes(
     far_off = np.bincount(labels.ravel(), (has_surface & (rel > max_off)).ravel(), minlength=count) / np.maximum(with_surface, 1)
     # a region whose confident samples the plane does not fit (a curved or textured object) keeps the surface
     c_lab = lab_all[:n_conf]
-    c_count = np.bincount(c_lab, minlength=count)
-    c_inliers = np.bincount(c_lab, resid[:n_conf] < threshold, minlength=count)
-    planar = c_inliers >= min_inlier_fraction * c_count
+    inl = resid[:n_conf] < threshold
+    m0 = np.bincount(c_lab, inl, minlength=count)  # confident inliers per region
+    planar = m0 >= min_inlier_fraction * np.bincount(c_lab, minlength=count)
     keep_region = valid_region & ~nonpositive & (far_off <= max_off_fraction) & planar
     # constrained: confident inliers spread in two directions
-    inl = resid[:n_conf] < threshold
-    li, ui, vi = lab_all[:n_conf][inl], u_all[:n_conf][inl], v_all[:n_conf][inl]
-    m0 = np.bincount(li, minlength=count).astype(np.float64)
+    li, ui, vi = c_lab[inl], u_all[:n_conf][inl], v_all[:n_conf][inl]
     with np.errstate(divide="ignore", invalid="ignore"):
         mu, mv = np.bincount(li, ui, count) / m0, np.bincount(li, vi, count) / m0
         cuu = np.bincount(li, ui * ui, count) / m0 - mu**2
@@ -293,7 +291,7 @@ def surface_fill(
     c2w: np.ndarray,
     config,
     usable: np.ndarray | None = None,
-) -> tuple[np.ndarray, dict]:
+) -> tuple[np.ndarray, np.ndarray, dict]:
     """Every frame's depth from the video's surface and per-region planes (module docs).
 
     Args:
@@ -308,12 +306,11 @@ def surface_fill(
         usable: (N,) bool, posed frames (others are left as they are).
 
     Returns:
-        depth (N, h, w) float32, where each pixel's depth comes from (N, h, w) uint8: 0
+        depth (N, h, w) float32; where each pixel's depth comes from (N, h, w) uint8: 0
         ``depth`` (confident stereo, and unposed frames), 1 the surface, 2 a plane (also
         confident pixels more than ``surface_outlier`` off both their region's plane and
-        the surface), 3 the
-        nearest pixel of those (where the surface does not reach), and statistics (seconds, points,
-        fractions).
+        the surface), 3 the nearest pixel of those (where the surface does not reach);
+        statistics (seconds, points, fractions).
 
     Raises:
         InputError: Open3D is missing or too few confident pixels.
